@@ -1,0 +1,1 @@
+"""MLflow UI launcher and the comparison report (see the open issues)."""

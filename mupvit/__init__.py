@@ -1,0 +1,1 @@
+"""big_vision plain ViT baselines in pure PyTorch: config, model, optimiser, data, training loop."""

@@ -1,0 +1,375 @@
+"""One typed config object for a whole run, loaded from YAML with dotted overrides.
+
+Every field is declared here with its type and default; unknown keys, wrong types and impossible
+values fail in `load_config` with a message naming the key, the value and what is allowed, so a bad
+config never reaches data loading or training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# big_vision `decode_variant`: name -> (width, depth, mlp_dim, num_heads).
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+}
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+class ConfigError(ValueError):
+    """A config key has a value that cannot work; the message says which and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    # `digits` builds the embedded demo from scikit-learn's digits under `root`;
+    # `imagefolder` reads root/<split>/<class>/*; `imagenet` reads torchvision's ImageNet layout.
+    dataset: Literal["digits", "imagefolder", "imagenet"] = "imagefolder"
+    root: str = ""
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["val"])
+    # Declared train-set size; when set, it must match the data (lets epochs -> steps resolve early).
+    num_train_examples: int | None = None
+    image_size: int = 224
+    eval_resize: int = 256  # shorter side before the central crop
+    crop_area: list[float] = field(default_factory=lambda: [0.05, 1.0])
+    crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.33])
+    flip: bool = True
+    antialias: bool = True
+    num_workers: int = 2
+    eval_batch_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    # A big_vision variant ("S/16") sets width/depth/mlp_dim/num_heads/patch_size; explicit values win.
+    variant: str | None = "S/16"
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
+    num_classes: int = 1000
+    posemb: Literal["sincos2d", "learn", "none"] = "sincos2d"
+    pool: Literal["gap", "tok"] = "gap"
+    head: Literal["linear", "mlp"] = "linear"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    # big_vision's independent decay: each step p -= schedule(t) * weight_decay * p (not times lr).
+    weight_decay: float = 1e-4
+    clip_norm: float | None = 1.0
+    warmup_steps: int = 10_000
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: float | None = 90.0
+    total_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 1024  # global batch = per-device batch x devices x accum_steps
+    devices: int = 1
+    accum_steps: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 50
+    eval_every: int | None = 1000
+    eval_at_epochs: list[float] = field(default_factory=lambda: [90.0])
+    ckpt_every: int | None = 1000
+    keep_ckpts: int = 3
+    out_dir: str = "runs/default"
+    resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = prefix or "config"
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], key)
+        else:
+            kwargs[name] = _coerce(key, data[name], tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`optim.lr=3e-3` -> ("optim.lr", 0.003); the value is read as YAML (numbers, lists, null, ...)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML 1.1 reads "3e-3" (no dot) as a string; accept it as the number it plainly is.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
+    tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy through plain YAML types
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML experiment file, apply `--set` overrides, validate, and return the Config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    try:
+        return config_from_dict(data or {}, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+# ---------------------------------------------------------------- derived values and checks
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+
+
+def model_shape(m: ModelConfig) -> ModelShape:
+    """Resolve variant + explicit fields into concrete sizes (explicit values win)."""
+    width = depth = mlp_dim = heads = patch = None
+    if m.variant is not None:
+        name, _, patch_text = m.variant.partition("/")
+        if name not in VARIANTS:
+            raise ConfigError(
+                f"model.variant: got {m.variant!r}, expected one of {', '.join(VARIANTS)} "
+                "optionally with a patch size such as 'S/16', or null with explicit sizes"
+            )
+        width, depth, mlp_dim, heads = VARIANTS[name]
+        if patch_text:
+            if not patch_text.isdigit() or int(patch_text) <= 0:
+                raise ConfigError(f"model.variant: patch size in {m.variant!r} must be a positive integer")
+            patch = int(patch_text)
+    resolved = {
+        "width": m.width or width,
+        "depth": m.depth or depth,
+        "mlp_dim": m.mlp_dim or mlp_dim,
+        "num_heads": m.num_heads or heads,
+        "patch_size": m.patch_size or patch,
+    }
+    for key, value in resolved.items():
+        if value is None:
+            raise ConfigError(f"model.{key}: missing; set it or choose a model.variant such as 'S/16'")
+        if value <= 0:
+            raise ConfigError(f"model.{key}: got {value}, expected a positive integer")
+    return ModelShape(**resolved)
+
+
+def steps_for_epochs(epochs: float, num_train: int, batch_size: int) -> int:
+    """big_vision's step budget: round(N_train * epochs / global batch)."""
+    return round(num_train * epochs / batch_size)
+
+
+def total_steps(cfg: Config, num_train: int | None = None) -> int:
+    if cfg.train.total_steps is not None:
+        return cfg.train.total_steps
+    n = num_train if num_train is not None else cfg.data.num_train_examples
+    if n is None:
+        raise ConfigError("train.epochs needs the train-set size: set data.num_train_examples or train.total_steps")
+    return steps_for_epochs(cfg.train.epochs, n, cfg.train.batch_size)
+
+
+def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if allow_zero else (value <= 0):
+        raise ConfigError(f"{key}: got {value}, expected a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def validate(cfg: Config, num_train: int | None = None) -> None:
+    """Check cross-field constraints; `num_train` (the loaded dataset's size) enables the step checks."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    shape = model_shape(m)
+    if shape.width % shape.num_heads:
+        raise ConfigError(
+            f"model.width: {shape.width} is not divisible by model.num_heads={shape.num_heads}; "
+            "choose a width that is a multiple of the number of heads"
+        )
+    if m.posemb == "sincos2d" and shape.width % 4:
+        raise ConfigError(f"model.width: {shape.width} must be a multiple of 4 for posemb 'sincos2d'")
+    if d.image_size % shape.patch_size:
+        raise ConfigError(
+            f"data.image_size: {d.image_size} is not divisible by the patch size {shape.patch_size}"
+        )
+    if d.eval_resize < d.image_size:
+        raise ConfigError(f"data.eval_resize: {d.eval_resize} must be >= data.image_size={d.image_size}")
+    for key, pair, lo, hi in (("data.crop_area", d.crop_area, 0.0, 1.0), ("data.crop_aspect", d.crop_aspect, 0.0, math.inf)):
+        if len(pair) != 2 or not (lo < pair[0] <= pair[1] <= hi):
+            raise ConfigError(f"{key}: got {pair}, expected [min, max] with {lo} < min <= max <= {hi}")
+    if d.dataset != "digits" and not d.root:
+        raise ConfigError(f"data.root: required for dataset '{d.dataset}' (the folder holding the splits)")
+    if not d.eval_splits and t.eval_every:
+        raise ConfigError("data.eval_splits: empty, but train.eval_every is set; name a split or set eval_every: null")
+    for key, value in (
+        ("model.num_classes", m.num_classes), ("optim.lr", o.lr), ("optim.eps", o.eps),
+        ("train.batch_size", t.batch_size), ("train.devices", t.devices), ("train.accum_steps", t.accum_steps),
+        ("train.log_every", t.log_every), ("train.eval_every", t.eval_every), ("train.ckpt_every", t.ckpt_every),
+        ("train.keep_ckpts", t.keep_ckpts), ("optim.clip_norm", o.clip_norm), ("train.epochs", t.epochs),
+        ("train.total_steps", t.total_steps), ("data.num_train_examples", d.num_train_examples),
+        ("data.eval_batch_size", d.eval_batch_size),
+    ):
+        _positive(key, value)
+    for key, value in (("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps),
+                       ("data.num_workers", d.num_workers)):
+        _positive(key, value, allow_zero=True)
+    for key, beta in (("optim.b1", o.b1), ("optim.b2", o.b2)):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"{key}: got {beta}, expected 0 <= beta < 1")
+    if t.epochs is None and t.total_steps is None:
+        raise ConfigError("train: set train.epochs or train.total_steps")
+    if t.batch_size % (t.devices * t.accum_steps):
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is not divisible by train.devices x train.accum_steps "
+            f"= {t.devices} x {t.accum_steps}; choose a batch that splits evenly"
+        )
+    n = num_train if num_train is not None else d.num_train_examples
+    if t.total_steps is None and n is None:
+        return  # the step checks run again once the dataset is loaded
+    steps = total_steps(cfg, n)
+    if steps <= 0:
+        raise ConfigError(f"train.epochs: {t.epochs} epochs of {n} images at batch {t.batch_size} is 0 steps")
+    if o.warmup_steps >= steps:
+        raise ConfigError(
+            f"optim.warmup_steps: {o.warmup_steps} must be smaller than the total steps ({steps}); "
+            "lower the warmup or train longer"
+        )
+    if t.eval_at_epochs and n is None:
+        raise ConfigError("train.eval_at_epochs: needs the train-set size; set data.num_train_examples")
+    for ep in t.eval_at_epochs:
+        if ep <= 0 or steps_for_epochs(ep, n, t.batch_size) > steps:
+            raise ConfigError(
+                f"train.eval_at_epochs: {ep} epochs is step {steps_for_epochs(ep, n, t.batch_size)}, "
+                f"outside this run's 1..{steps} steps; list only epoch-equivalents the run reaches"
+            )

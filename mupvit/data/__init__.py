@@ -1,0 +1,68 @@
+"""Datasets, the deterministic training stream, transforms and loaders, built from the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from mupvit.config import Config
+from mupvit.data.datasets import DataError, Split, load_splits
+from mupvit.data.digits import build_digits
+from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset
+from mupvit.data.transforms import EvalTransform, TrainTransform
+
+__all__ = ["DataError", "Split", "build_splits", "train_loader", "eval_loader"]
+
+
+def build_splits(cfg: Config) -> dict[str, Split]:
+    """Load the train split and every eval split named in the config (building the demo data if asked)."""
+    d = cfg.data
+    if d.dataset == "digits":
+        root: str | Path = build_digits(d.root or None)
+        layout = "imagefolder"
+    else:
+        root, layout = d.root, d.dataset
+    splits = load_splits(layout, root, [d.train_split, *d.eval_splits])
+    n_classes = len(splits[d.train_split].classes)
+    if n_classes != cfg.model.num_classes:
+        raise DataError(
+            f"{Path(root) / d.train_split} has {n_classes} classes but model.num_classes is "
+            f"{cfg.model.num_classes}; set --set model.num_classes={n_classes}"
+        )
+    n_train = len(splits[d.train_split])
+    if d.num_train_examples is not None and d.num_train_examples != n_train:
+        raise DataError(
+            f"{Path(root) / d.train_split} has {n_train} images but data.num_train_examples is "
+            f"{d.num_train_examples}; fix the data or set --set data.num_train_examples={n_train}"
+        )
+    return splits
+
+
+def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
+    workers = cfg.data.num_workers
+    return {
+        "num_workers": workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": False,
+        **({"prefetch_factor": 4} if workers else {}),
+    }
+
+
+def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank: int = 0, world: int = 1,
+                 pin_memory: bool = False) -> DataLoader:
+    d = cfg.data
+    transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.flip, d.antialias)
+    return DataLoader(
+        StreamDataset(split, transform, cfg.train.seed),
+        batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
+        **_loader_kwargs(cfg, pin_memory),
+    )
+
+
+def eval_loader(cfg: Config, split: Split, pin_memory: bool = False) -> DataLoader:
+    d = cfg.data
+    return DataLoader(
+        EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.antialias)),
+        batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),
+    )

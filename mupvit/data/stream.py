@@ -1,0 +1,76 @@
+"""The endless, deterministic training stream.
+
+Position p of the stream is sample `order(seed, p // N)[p % N]` of the train set, where each pass over the
+data has its own shuffled order; the sample's augmentation randomness is seeded by (seed, p). Step s of a
+run consumes positions [s * B, (s + 1) * B) for global batch B, so the stream position is a function of the
+step alone, and neither order nor augmentation depends on how many loader workers there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from mupvit.data.datasets import Split, decode_rgb
+
+
+def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
+    """The shuffled sample order for one pass over n samples."""
+    return np.random.default_rng([seed, pass_index, 0x5EED]).permutation(n)
+
+
+def sample_rng(seed: int, position: int) -> np.random.Generator:
+    """The augmentation RNG of stream position `position`."""
+    return np.random.default_rng([seed, position])
+
+
+class StreamDataset(Dataset):
+    """Map-style view of the stream: item p is (image, label) at stream position p."""
+
+    def __init__(self, split: Split, transform: Callable, seed: int) -> None:
+        self.split, self.transform, self.seed = split, transform, seed
+        self._order_pass, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def index_at(self, position: int) -> int:
+        n = len(self.split)
+        pass_index = position // n
+        if pass_index != self._order_pass:  # each worker caches the order of its current pass
+            self._order, self._order_pass = pass_order(self.seed, pass_index, n), pass_index
+        return int(self._order[position % n])
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        path, label = self.split.samples[self.index_at(position)]
+        return self.transform(decode_rgb(path), sample_rng(self.seed, position)), label
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Yields, for each step from `start_step` to `end_step`, the positions of this rank's share of the
+    global batch: rank r of W takes [s*B + r*B/W, s*B + (r+1)*B/W)."""
+
+    def __init__(self, start_step: int, end_step: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        self.start_step, self.end_step = start_step, end_step
+        self.global_batch, self.rank, self.world = global_batch, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.global_batch // self.world
+        for step in range(self.start_step, self.end_step):
+            first = step * self.global_batch + self.rank * per_rank
+            yield list(range(first, first + per_rank))
+
+
+class EvalDataset(Dataset):
+    def __init__(self, split: Split, transform: Callable) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.split.samples[index]
+        return self.transform(decode_rgb(path)), label

@@ -1,0 +1,66 @@
+"""Per-sample image transforms on uint8 tensors. Train-time randomness comes from a numpy Generator
+that the stream derives from (seed, position), never from global RNG state."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] as big_vision's value_range(-1, 1): x / 127.5 - 1."""
+    return image.float() / 127.5 - 1.0
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator, height: int, width: int, area: tuple[float, float], aspect: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop sampling (area uniform, log-uniform aspect ratio, 10 tries, then a
+    centre crop clamped to the ratio range); returns (top, left, h, w)."""
+    total = height * width
+    log_ratio = (math.log(aspect[0]), math.log(aspect[1]))
+    for _ in range(10):
+        target_area = total * rng.uniform(area[0], area[1])
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * ratio))
+        h = round(math.sqrt(target_area / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < aspect[0]:
+        w, h = width, round(width / aspect[0])
+    elif in_ratio > aspect[1]:
+        h, w = height, round(height * aspect[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class TrainTransform:
+    """Random-resized crop to `size` -> random horizontal flip -> [-1, 1]."""
+
+    def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float],
+                 flip: bool = True, antialias: bool = True) -> None:
+        self.size, self.area, self.aspect = size, tuple(area), tuple(aspect)
+        self.flip, self.antialias = flip, antialias
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        top, left, h, w = random_resized_crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
+        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=self.antialias)
+        if self.flip and rng.random() < 0.5:
+            image = TF.horizontal_flip(image)
+        return to_unit_range(image)
+
+
+class EvalTransform:
+    """Resize the shorter side to `resize`, central crop `size`, [-1, 1] (big_vision's eval pipeline)."""
+
+    def __init__(self, size: int, resize: int, antialias: bool = True) -> None:
+        self.size, self.resize, self.antialias = size, resize, antialias
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = TF.resize(image, [self.resize], antialias=self.antialias)
+        return to_unit_range(TF.center_crop(image, [self.size, self.size]))

@@ -1,0 +1,94 @@
+"""big_vision's optimiser in PyTorch: Adam + independent weight decay on kernels, global-norm clipping,
+and the linear-warmup + cosine schedule evaluated at the optimiser step count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from mupvit.config import OptimConfig
+from mupvit.model import decay_mask
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Schedule multiplier at optimiser step t = 0, 1, ...: min(1, t/W) * 0.5 * (1 + cos(pi * progress)).
+
+    Warmup starts at exactly 0, so the first update is a no-op, as in big_vision.
+    """
+    warm = 1.0 if warmup_steps == 0 else min(1.0, step / warmup_steps)
+    progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
+    return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups: kernels (decayed) and everything else (biases, LayerNorm, posemb, cls)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if decay_mask(name, param) else no_decay).append(param)
+    return [
+        {"params": decay, "decay": True, "lr_mult": 1.0},
+        {"params": no_decay, "decay": False, "lr_mult": 1.0},
+    ]
+
+
+class BigVisionAdam:
+    """Adam whose weight decay is `param -= schedule(t) * wd * param`, independent of the learning rate.
+
+    torch's AdamW multiplies decay by lr; here decay is applied separately (before the Adam step, on the
+    pre-update parameter, as optax does), so it stays exact whatever each group's lr is.
+    """
+
+    def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int) -> None:
+        self.cfg, self.total_steps = cfg, total_steps
+        self.optimizer = torch.optim.Adam(
+            groups, lr=0.0, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0, foreach=True
+        )
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def schedule(self, step: int) -> float:
+        return warmup_cosine(step, self.cfg.warmup_steps, self.total_steps)
+
+    @torch.no_grad()
+    def step(self, step: int) -> float:
+        """Apply update number `step` (0-based) to the gradients now in `.grad`; returns the lr used."""
+        s = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * group["lr_mult"] * s
+            if group["decay"] and self.cfg.weight_decay and group["params"]:
+                torch._foreach_mul_(group["params"], 1.0 - s * self.cfg.weight_decay)
+        self.optimizer.step()
+        return self.cfg.lr * s
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+@torch.no_grad()
+def clip_by_global_norm(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """optax.clip_by_global_norm: scale all gradients by max_norm / norm when norm > max_norm.
+
+    Returns the global norm before clipping. (torch's clip_grad_norm_ adds 1e-6 to the norm.)
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if max_norm is not None:
+        scale = torch.clamp(max_norm / norm, max=1.0)
+        torch._foreach_mul_(grads, scale)
+    return norm
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> BigVisionAdam:
+    return BigVisionAdam(param_groups(model), cfg, total_steps)
