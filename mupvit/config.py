@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (3e-3) as numbers, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 # big_vision `decode_variant`: name -> (width, depth, mlp_dim, num_heads).
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -210,14 +222,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML 1.1 reads "3e-3" (no dot) as a string; accept it as the number it plainly is.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            pass
-    return key.strip(), value
+    return key.strip(), yaml.load(raw, _Loader) if raw.strip() else ""
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
@@ -236,7 +241,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), _Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     try:
@@ -272,13 +277,10 @@ def model_shape(m: ModelConfig) -> ModelShape:
             if not patch_text.isdigit() or int(patch_text) <= 0:
                 raise ConfigError(f"model.variant: patch size in {m.variant!r} must be a positive integer")
             patch = int(patch_text)
-    resolved = {
-        "width": m.width or width,
-        "depth": m.depth or depth,
-        "mlp_dim": m.mlp_dim or mlp_dim,
-        "num_heads": m.num_heads or heads,
-        "patch_size": m.patch_size or patch,
-    }
+    explicit = {"width": m.width, "depth": m.depth, "mlp_dim": m.mlp_dim, "num_heads": m.num_heads,
+                "patch_size": m.patch_size}
+    from_variant = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": heads, "patch_size": patch}
+    resolved = {k: v if v is not None else from_variant[k] for k, v in explicit.items()}
     for key, value in resolved.items():
         if value is None:
             raise ConfigError(f"model.{key}: missing; set it or choose a model.variant such as 'S/16'")
@@ -325,7 +327,8 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
         )
     if d.eval_resize < d.image_size:
         raise ConfigError(f"data.eval_resize: {d.eval_resize} must be >= data.image_size={d.image_size}")
-    for key, pair, lo, hi in (("data.crop_area", d.crop_area, 0.0, 1.0), ("data.crop_aspect", d.crop_aspect, 0.0, math.inf)):
+    pairs = (("data.crop_area", d.crop_area, 0.0, 1.0), ("data.crop_aspect", d.crop_aspect, 0.0, math.inf))
+    for key, pair, lo, hi in pairs:
         if len(pair) != 2 or not (lo < pair[0] <= pair[1] <= hi):
             raise ConfigError(f"{key}: got {pair}, expected [min, max] with {lo} < min <= max <= {hi}")
     if d.dataset != "digits" and not d.root:
@@ -365,8 +368,8 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
             f"optim.warmup_steps: {o.warmup_steps} must be smaller than the total steps ({steps}); "
             "lower the warmup or train longer"
         )
-    if t.eval_at_epochs and n is None:
-        raise ConfigError("train.eval_at_epochs: needs the train-set size; set data.num_train_examples")
+    if n is None:
+        return  # epoch-equivalents are checked once the dataset is loaded
     for ep in t.eval_at_epochs:
         if ep <= 0 or steps_for_epochs(ep, n, t.batch_size) > steps:
             raise ConfigError(

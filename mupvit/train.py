@@ -76,7 +76,7 @@ def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor,
     loss/accum_steps equal the full batch's gradient. Returns (loss, grad norm before clipping, lr)."""
     device_type = images.device.type
     loss_sum = torch.zeros((), device=images.device)
-    for x, y in zip(images.chunk(accum_steps), labels.chunk(accum_steps)):
+    for x, y in zip(images.chunk(accum_steps), labels.chunk(accum_steps), strict=True):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y) / accum_steps

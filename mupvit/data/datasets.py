@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
+from PIL import Image
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
@@ -28,9 +29,11 @@ class Split:
 def decode_rgb(path: str) -> torch.Tensor:
     """Decode an image file to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as err:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def _imagefolder_split(root: Path, split: str) -> Split:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mupvit.data.datasets import DataError
+
 VERSION = 1
 IMAGE_SIZE = 32
 VAL_FRACTION = 0.2
@@ -37,7 +39,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
 def _write(images: np.ndarray, labels: np.ndarray, root: Path) -> dict[str, int]:
     is_val = stratified_split(labels, VAL_FRACTION, SPLIT_SEED)
     counts = {"train": 0, "val": 0}
-    for i, (pixels, label) in enumerate(zip(images, labels)):
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         split = "val" if is_val[i] else "train"
         folder = root / split / str(label)
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,11 @@ def build_digits(root: str | Path | None = None) -> Path:
     marker = root / "dataset.json"
     if marker.is_file():
         return root
+    if root.exists() and any(root.iterdir()):
+        raise DataError(
+            f"{root} exists but is not a digits demo build (no dataset.json); "
+            "point data.root at an empty or new folder"
+        )
     print(f"building the digits demo dataset under {root} ...", file=sys.stderr, flush=True)
     digits = load_digits()
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +71,8 @@ def build_digits(root: str | Path | None = None) -> Path:
     try:
         counts = _write(digits.images, digits.target, tmp)
         (tmp / "dataset.json").write_text(json.dumps({"version": VERSION, "image_size": IMAGE_SIZE, **counts}))
-        if root.exists() and not marker.is_file():  # an older partial folder without the marker
-            shutil.rmtree(root)
+        if root.exists() and not any(root.iterdir()):
+            root.rmdir()
         try:
             os.replace(tmp, root)
         except OSError:

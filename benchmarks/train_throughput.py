@@ -1,0 +1,104 @@
+"""Training images/s of mupvit's ViT and train step, side by side with timm's VisionTransformer of the
+same shape, on synthetic data. Both models go through the identical step (loss, backward, global-norm
+clip, big_vision Adam), so the ratio measures the model implementations. Rounds alternate between the two
+to share the machine's noise; the reported ratio is the median of per-round ratios.
+
+    python benchmarks/train_throughput.py                  # CPU, small ViT (docs/PERFORMANCE.md)
+    python benchmarks/train_throughput.py --gpu-s16        # CUDA: ViT-S/16, bf16 + torch.compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+
+import timm
+import torch
+
+from mupvit.config import ModelConfig, OptimConfig
+from mupvit.model import ViT
+from mupvit.optim import build_optimizer
+from mupvit.train import train_step
+
+
+def timm_vit(width: int, depth: int, heads: int, mlp_dim: int, patch: int, image: int, classes: int) -> torch.nn.Module:
+    """timm's ViT in the simple-ViT shape: no class token, GAP, LayerNorm eps 1e-6, exact GELU."""
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=image, patch_size=patch, num_classes=classes, embed_dim=width, depth=depth, num_heads=heads,
+        mlp_ratio=mlp_dim / width, class_token=False, global_pool="avg", fc_norm=False, qkv_bias=True,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+    )
+
+
+def images_per_s(step, batch: int, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=192)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--image", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gpu-s16", action="store_true", help="ViT-S/16 at 224, batch 256, bf16 + compile on CUDA")
+    args = parser.parse_args()
+
+    precision, compile_models, device = "fp32", False, torch.device("cpu")
+    if args.gpu_s16:
+        if not torch.cuda.is_available():
+            parser.error("--gpu-s16 needs a CUDA device")
+        args.width, args.depth, args.heads, args.patch, args.image = 384, 12, 6, 16, 224
+        args.batch = 256 if args.batch == 64 else args.batch
+        precision, compile_models, device = "bf16", True, torch.device("cuda")
+    shape = dict(width=args.width, depth=args.depth, heads=args.heads, mlp_dim=4 * args.width,
+                 patch=args.patch, image=args.image, classes=1000)
+    torch.manual_seed(0)
+    ours = ViT(ModelConfig(variant=None, width=args.width, depth=args.depth, num_heads=args.heads,
+                           mlp_dim=4 * args.width, patch_size=args.patch, num_classes=1000), args.image)
+    theirs = timm_vit(**shape)
+    images = torch.randn(args.batch, 3, args.image, args.image, device=device)
+    labels = torch.randint(0, 1000, (args.batch,), device=device)
+
+    steps = {}
+    for name, model in (("mupvit", ours), ("timm", theirs)):
+        model = model.to(device).train()
+        optimizer = build_optimizer(model, OptimConfig(warmup_steps=1), total_steps=10**6)
+        forward = torch.compile(model) if compile_models else model
+        counter = iter(range(1, 10**9))
+        steps[name] = lambda f=forward, o=optimizer, c=counter: train_step(
+            f, o, images, labels, next(c), 1, 1.0, precision)
+        for _ in range(3):  # warm-up (and compilation)
+            steps[name]()
+
+    rates = {"mupvit": [], "timm": []}
+    for round_index in range(args.rounds):
+        order = ("mupvit", "timm") if round_index % 2 == 0 else ("timm", "mupvit")  # cancel order effects
+        for name in order:
+            rates[name].append(images_per_s(steps[name], args.batch, args.steps))
+    ratios = [a / b for a, b in zip(rates["mupvit"], rates["timm"], strict=True)]
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "precision": precision, "compile": compile_models,
+        "shape": shape, "batch": args.batch,
+        "mupvit_images_per_s": statistics.median(rates["mupvit"]),
+        "timm_images_per_s": statistics.median(rates["timm"]),
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
