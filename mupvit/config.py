@@ -57,10 +57,21 @@ class DataConfig:
     num_train_examples: int | None = None
     image_size: int = 224
     eval_resize: int = 256  # shorter side before the central crop
+    # Inception crop: `tf` = tf.image.sample_distorted_bounding_box (big_vision), `torchvision` = RandomResizedCrop.
+    crop: Literal["tf", "torchvision"] = "tf"
     crop_area: list[float] = field(default_factory=lambda: [0.05, 1.0])
     crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.33])
     flip: bool = True
     antialias: bool = True
+    randaug_layers: int = 2  # 0 turns RandAugment off
+    randaug_magnitude: int = 10
+    # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.
+    randaug_contrast: Literal["big_vision", "fixed"] = "big_vision"
+    mixup_alpha: float = 0.2  # 0 turns MixUp off
+    # Stratified held-out split of `minival_from`, usable as the split names `minival` and `train_minus_minival`.
+    minival_from: str = "train"
+    minival_fraction: float = 0.01
+    minival_seed: int = 0
     num_workers: int = 2
     eval_batch_size: int = 256
 
@@ -325,6 +336,12 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
         raise ConfigError(
             f"data.image_size: {d.image_size} is not divisible by the patch size {shape.patch_size}"
         )
+    if not 0 <= d.randaug_magnitude <= 10:
+        raise ConfigError(f"data.randaug_magnitude: got {d.randaug_magnitude}, expected 0..10 (big_vision's max level)")
+    if not 0.0 < d.minival_fraction < 1.0:
+        raise ConfigError(f"data.minival_fraction: got {d.minival_fraction}, expected a fraction in (0, 1)")
+    if d.train_split == "minival":
+        raise ConfigError("data.train_split: 'minival' is the held-out split; train on 'train_minus_minival'")
     if d.eval_resize < d.image_size:
         raise ConfigError(f"data.eval_resize: {d.eval_resize} must be >= data.image_size={d.image_size}")
     pairs = (("data.crop_area", d.crop_area, 0.0, 1.0), ("data.crop_aspect", d.crop_aspect, 0.0, math.inf))
@@ -345,7 +362,8 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
     ):
         _positive(key, value)
     for key, value in (("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps),
-                       ("data.num_workers", d.num_workers)):
+                       ("data.num_workers", d.num_workers), ("data.randaug_layers", d.randaug_layers),
+                       ("data.mixup_alpha", d.mixup_alpha)):
         _positive(key, value, allow_zero=True)
     for key, beta in (("optim.b1", o.b1), ("optim.b2", o.b2)):
         if not 0.0 <= beta < 1.0:

@@ -17,6 +17,7 @@ from torch import nn
 from mupvit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mupvit.config import Config, ConfigError, load_config, steps_for_epochs, total_steps, validate
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
+from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
 from mupvit.model import ViT
@@ -71,15 +72,24 @@ def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
 
 
 def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor, labels: torch.Tensor,
-               step: int, accum_steps: int, clip_norm: float | None, precision: str) -> tuple[float, float, float]:
+               step: int, accum_steps: int, clip_norm: float | None, precision: str,
+               mixup: float | None = None) -> tuple[float, float, float]:
     """One optimiser update over a batch cut into `accum_steps` micro-batches; the summed gradients of
-    loss/accum_steps equal the full batch's gradient. Returns (loss, grad norm before clipping, lr)."""
+    loss/accum_steps equal the full batch's gradient. `mixup` is the batch's MixUp coefficient, applied to the
+    whole batch before it is cut. Returns (loss, grad norm before clipping, lr)."""
     device_type = images.device.type
+    rolled = labels.roll(1, dims=0)
+    if mixup is not None:
+        images = mix_images(images, mixup)
     loss_sum = torch.zeros((), device=images.device)
-    for x, y in zip(images.chunk(accum_steps), labels.chunk(accum_steps), strict=True):
+    chunks = zip(images.chunk(accum_steps), labels.chunk(accum_steps), rolled.chunk(accum_steps), strict=True)
+    for x, y, y_rolled in chunks:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y) / accum_steps
+            logits = model(x).float()
+        if mixup is None:
+            loss = F.cross_entropy(logits, y) / accum_steps
+        else:
+            loss = mixup_cross_entropy(logits, y, y_rolled, mixup) / accum_steps
         loss.backward()
         loss_sum += loss.detach()
     grad_norm = clip_by_global_norm(model.parameters(), clip_norm)
@@ -162,8 +172,8 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         fetched = time.perf_counter()
-        loss, grad_norm, lr = train_step(forward, optimizer, images, labels, step, t.accum_steps,
-                                         cfg.optim.clip_norm, t.precision)
+        loss, grad_norm, lr = train_step(forward, optimizer, images, labels, step, t.accum_steps, cfg.optim.clip_norm,
+                                         t.precision, mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
         done = step + 1
         if not torch.isfinite(torch.tensor(loss)):
             raise TrainingDiverged(

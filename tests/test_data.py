@@ -36,10 +36,10 @@ def _write_tree(root: Path, layout: dict[str, dict[str, int]], size: tuple[int, 
 
 
 def _folder_config(root: Path, *overrides: str) -> Config:
-    """A tiny imagefolder config: 16x16 input, small model, batch 4, no flips, no workers."""
+    """A tiny imagefolder config: 16x16 input, small model, batch 4, no flips, no RandAugment, no workers."""
     data = {
         "data": {"dataset": "imagefolder", "root": str(root), "image_size": 16, "eval_resize": 16,
-                 "crop_area": [0.5, 1.0], "flip": False, "num_workers": 0, "eval_batch_size": 8},
+                 "crop_area": [0.5, 1.0], "flip": False, "randaug_layers": 0, "num_workers": 0, "eval_batch_size": 8},
         "model": {"variant": None, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4,
                   "num_classes": 3},
         "optim": {"warmup_steps": 0},
@@ -180,10 +180,12 @@ def test_build_splits_checks_num_train_examples(tmp_path):
 def test_build_splits_digits(digits_root):
     splits = build_splits(_digits_config(digits_root))
     assert len(splits["train"]) == 1438 and len(splits["val"]) == 359
+    # The demo trains on train minus its 5% stratified minival (7 of each class's ~144).
+    assert len(splits["train_minus_minival"]) == 1368 and len(splits["minival"]) == 70
     assert splits["train"].classes == [str(d) for d in range(10)]
     with pytest.raises(DataError, match=r"--set model\.num_classes=10"):
         build_splits(_digits_config(digits_root, "model.num_classes=9"))
-    with pytest.raises(DataError, match=r"--set data\.num_train_examples=1438"):
+    with pytest.raises(DataError, match=r"--set data\.num_train_examples=1368"):
         build_splits(_digits_config(digits_root, "data.num_train_examples=1797"))
 
 
@@ -344,7 +346,7 @@ def _expected_crop(image, seed, size, area, aspect):
 
 def test_no_flip_when_flip_is_off():
     image = _noise_image()
-    transform = TrainTransform(24, (0.3, 1.0), (0.75, 1.33), flip=False)
+    transform = TrainTransform(24, (0.3, 1.0), (0.75, 1.33), crop="torchvision", flip=False)
     for seed in range(40):
         expected = _expected_crop(image, seed, 24, (0.3, 1.0), (0.75, 1.33))
         assert torch.equal(transform(image, np.random.default_rng(seed)), expected)
@@ -353,7 +355,7 @@ def test_no_flip_when_flip_is_off():
 def test_flip_is_random_when_on():
     # Control for the test above: with flip on, outputs are the same crops, some of them mirrored.
     image = _noise_image()
-    transform = TrainTransform(24, (0.3, 1.0), (0.75, 1.33), flip=True)
+    transform = TrainTransform(24, (0.3, 1.0), (0.75, 1.33), crop="torchvision", flip=True)
     flipped = []
     for seed in range(40):
         out = transform(image, np.random.default_rng(seed))

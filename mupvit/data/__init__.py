@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader
 from mupvit.config import Config
 from mupvit.data.datasets import DataError, Split, load_splits
 from mupvit.data.digits import build_digits
+from mupvit.data.minival import MINIVAL, TRAIN_MINUS_MINIVAL, split_minival
+from mupvit.data.randaugment import RandAugment
 from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset
 from mupvit.data.transforms import EvalTransform, TrainTransform
 
@@ -23,7 +25,13 @@ def build_splits(cfg: Config) -> dict[str, Split]:
         layout = "imagefolder"
     else:
         root, layout = d.root, d.dataset
-    splits = load_splits(layout, root, [d.train_split, *d.eval_splits])
+    wanted = [d.train_split, *d.eval_splits]
+    held_out = {MINIVAL, TRAIN_MINUS_MINIVAL} & set(wanted)
+    on_disk = [name for name in wanted if name not in held_out] + ([d.minival_from] if held_out else [])
+    splits = load_splits(layout, root, on_disk)
+    if held_out:
+        rest, minival = split_minival(splits[d.minival_from], d.minival_fraction, d.minival_seed)
+        splits.update({rest.name: rest, minival.name: minival})
     n_classes = len(splits[d.train_split].classes)
     if n_classes != cfg.model.num_classes:
         raise DataError(
@@ -52,7 +60,8 @@ def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
 def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank: int = 0, world: int = 1,
                  pin_memory: bool = False) -> DataLoader:
     d = cfg.data
-    transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.flip, d.antialias)
+    randaugment = RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
+    transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias, randaugment)
     return DataLoader(
         StreamDataset(split, transform, cfg.train.seed),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from mupvit.data.datasets import DataError
+from mupvit.data.minival import stratified_holdout
 
 VERSION = 1
 IMAGE_SIZE = 32
@@ -26,18 +27,8 @@ def default_root() -> Path:
     return Path(base) / f"digits-v{VERSION}"
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation samples: round(val_fraction * count) of each class, chosen by `seed`."""
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        is_val[rng.choice(idx, size=max(1, round(val_fraction * len(idx))), replace=False)] = True
-    return is_val
-
-
 def _write(images: np.ndarray, labels: np.ndarray, root: Path) -> dict[str, int]:
-    is_val = stratified_split(labels, VAL_FRACTION, SPLIT_SEED)
+    is_val = stratified_holdout(labels, VAL_FRACTION, SPLIT_SEED)
     counts = {"train": 0, "val": 0}
     for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         split = "val" if is_val[i] else "train"

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from mupvit.data.crop import tf_inception_crop_box
+from mupvit.data.randaugment import RandAugment
+
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1] as big_vision's value_range(-1, 1): x / 127.5 - 1."""
@@ -40,18 +43,22 @@ def random_resized_crop_box(
 
 
 class TrainTransform:
-    """Random-resized crop to `size` -> random horizontal flip -> [-1, 1]."""
+    """big_vision's train pipeline after decode: Inception crop resized to `size` -> random horizontal flip ->
+    RandAugment (optional) -> [-1, 1]."""
 
-    def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float],
-                 flip: bool = True, antialias: bool = True) -> None:
+    def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float], crop: str = "tf",
+                 flip: bool = True, antialias: bool = True, randaugment: RandAugment | None = None) -> None:
         self.size, self.area, self.aspect = size, tuple(area), tuple(aspect)
-        self.flip, self.antialias = flip, antialias
+        self.crop_box = tf_inception_crop_box if crop == "tf" else random_resized_crop_box
+        self.flip, self.antialias, self.randaugment = flip, antialias, randaugment
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        top, left, h, w = random_resized_crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
+        top, left, h, w = self.crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
         image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=self.antialias)
         if self.flip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
+        if self.randaugment is not None:
+            image = self.randaugment(image, rng)
         return to_unit_range(image)
 
 

@@ -1,0 +1,107 @@
+"""Images/s per CPU core of the training input pipeline on ImageNet-sized JPEGs (500x375, generated), side by side:
+
+  floor        decode + resize to 224x224 (the least any pipeline does)
+  mupvit       decode + TF Inception crop + flip + big_vision RandAugment(2, 10) + scale (our train pipeline)
+  torchvision  decode + stock v2 RandomResizedCrop(224, scale=(0.05, 1)) + flip + RandAugment(2, 10) + scale
+
+Each runs in this one process with one torch thread (per-core figures), in alternating rounds; the reported
+figure is the median round. `--workers N` also times our pipeline through the real DataLoader with N workers.
+
+    python benchmarks/data_throughput.py [--images 64] [--rounds 5] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from mupvit.config import config_from_dict
+from mupvit.data import train_loader
+from mupvit.data.datasets import Split, decode_rgb
+from mupvit.data.randaugment import RandAugment
+from mupvit.data.stream import sample_rng
+from mupvit.data.transforms import TrainTransform, to_unit_range
+
+
+def write_jpegs(folder: Path, count: int) -> list[str]:
+    """Photo-like 500x375 JPEGs: smooth colour gradients plus noise, quality 90."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:375, 0:500]
+    paths = []
+    for i in range(count):
+        base = np.stack([(xx * (i + 1) % 256), (yy * 2 + i) % 256, (xx + yy) // 4 % 256], axis=-1)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def pipelines() -> dict:
+    ours = TrainTransform(224, (0.05, 1.0), (0.75, 1.33), crop="tf", randaugment=RandAugment(2, 10))
+    stock = T.Compose([T.RandomResizedCrop(224, scale=(0.05, 1.0), antialias=True), T.RandomHorizontalFlip(),
+                       T.RandAugment(num_ops=2, magnitude=10)])
+    return {
+        "floor": lambda path, i: to_unit_range(TF.resize(decode_rgb(path), [224, 224], antialias=True)),
+        "mupvit": lambda path, i: ours(decode_rgb(path), sample_rng(0, i)),
+        "torchvision": lambda path, i: to_unit_range(stock(decode_rgb(path))),
+    }
+
+
+def per_core_rate(fn, paths: list[str]) -> float:
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        fn(path, i)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8) -> float:
+    cfg = config_from_dict({"data": {"dataset": "imagefolder", "root": "/unused", "num_workers": workers},
+                            "train": {"total_steps": steps, "epochs": None, "batch_size": batch},
+                            "optim": {"warmup_steps": 1}})
+    split = Split("train", ["0"], [(p, 0) for p in paths])
+    loader = iter(train_loader(cfg, split, 0, steps + 1))
+    next(loader)  # start the workers
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(loader)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=0, help="also time our pipeline in a DataLoader")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), args.images)
+        fns = pipelines()
+        for fn in fns.values():
+            fn(paths[0], 0)  # warm-up
+        rates: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(args.rounds):
+            for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+                rates[name].append(per_core_rate(fns[name], paths))
+        result = {f"{name}_images_per_s_per_core": statistics.median(v) for name, v in rates.items()}
+        result["floor_over_mupvit"] = result["floor_images_per_s_per_core"] / result["mupvit_images_per_s_per_core"]
+        result["mupvit_over_torchvision"] = (result["mupvit_images_per_s_per_core"]
+                                             / result["torchvision_images_per_s_per_core"])
+        if args.workers:
+            result[f"mupvit_loader_images_per_s_{args.workers}_workers"] = loader_rate(paths * 4, args.workers)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
