@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_throughput.py --workers 2
 
 clean:
 	rm -rf $(VENV) runs

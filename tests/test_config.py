@@ -336,3 +336,9 @@ def test_exponent_floats_in_yaml_files_are_numbers(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(HEADLINE.read_text().replace("lr: 1.0e-3", "lr: 3e-3"))
     assert load_config(path).optim.lr == 0.003
+
+
+def test_headline_holds_the_augmentation_recipe():
+    d = load_config(HEADLINE).data
+    assert (d.crop, d.randaug_layers, d.randaug_magnitude, d.randaug_contrast, d.mixup_alpha) == (
+        "tf", 2, 10, "big_vision", 0.2)

@@ -56,6 +56,12 @@ def _blend(image1: torch.Tensor, image2: torch.Tensor, factor: float) -> torch.T
     return temp.clamp_(0.0, 255.0).to(torch.uint8)
 
 
+def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.where(mask, a, b) for uint8 tensors as b + mask * (a - b), exact in wrap-around uint8 arithmetic and
+    an order of magnitude faster than torch.where on CPU."""
+    return b + mask.view(torch.uint8) * (a - b)
+
+
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
     """tf.image.rgb_to_grayscale on uint8: to float by * (1/255), weighted sum, back to uint8 by * 255.5 and
     truncation. Returns (H, W) uint8. A grey pixel (v, v, v) maps back to v."""
@@ -92,7 +98,7 @@ def _affine_nearest(image: torch.Tensor, a0: float, a1: float, a2: float, b0: fl
     ry, valid_y = _nearest_index(y_in, h)
     # Flat source index; out-of-image reads point at an extra fill pixel appended after the last one.
     # (float32 holds these integers exactly for images below 2**24 pixels.)
-    index = torch.where(valid_x & valid_y, ry * w + rx, float(h * w)).long()
+    index = ((ry * w + rx - h * w) * (valid_x & valid_y) + h * w).long()  # a where() without torch.where's cost
     fill = torch.full((3, 1), FILL_VALUE, dtype=torch.uint8, device=dev)
     source = torch.cat([image.reshape(3, h * w), fill], dim=1)
     return torch.stack([source[c].take(index) for c in range(3)])
@@ -110,7 +116,7 @@ def autocontrast(image: torch.Tensor) -> torch.Tensor:
     scale = 255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     offset = -lo * scale
     scaled = (image.float() * scale + offset).clamp_(0.0, 255.0).to(torch.uint8)
-    return torch.where(hi > lo, scaled, image)
+    return _select(hi > lo, scaled, image)
 
 
 def equalize(image: torch.Tensor) -> torch.Tensor:
@@ -128,7 +134,7 @@ def equalize(image: torch.Tensor) -> torch.Tensor:
     lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], dim=1).clamp_(0, 255)
     mapped = lut.gather(1, flat).to(torch.uint8).reshape(image.shape)
     # step == 0 (fewer than 255 pixels below the top occupied level, e.g. a constant channel) keeps the channel.
-    return torch.where(step[:, :, None] == 0, image, mapped)
+    return _select(step[:, :, None] == 0, image, mapped)
 
 
 def invert(image: torch.Tensor) -> torch.Tensor:
@@ -167,7 +173,7 @@ def solarize(image: torch.Tensor, threshold: int) -> torch.Tensor:
     uint8: threshold 256 (magnitude 10) wraps to 0, so every pixel is inverted (Solarize becomes Invert)."""
     _check(image)
     t = int(threshold) % 256
-    return torch.where(image < t, image, 255 - image)
+    return _select(image < t, image, 255 - image)
 
 
 def solarize_add(image: torch.Tensor, addition: int, threshold: int = 128) -> torch.Tensor:
@@ -179,7 +185,7 @@ def solarize_add(image: torch.Tensor, addition: int, threshold: int = 128) -> to
         added = image.clamp(max=max(255 - addition, 0)) + min(addition, 255)
     else:
         added = image.clamp(min=min(-addition, 255)) - min(-addition, 255)
-    return torch.where(image < threshold, added, image)
+    return _select(image < threshold, added, image)
 
 
 def color(image: torch.Tensor, factor: float) -> torch.Tensor:
