@@ -2,7 +2,8 @@
 
 The numpy references below are written from big_vision/pp/autoaugment.py (and the tfa/TF kernels it calls) in
 plain float64 / integer arithmetic. The port computes in float32 like TF, so colour ops are compared with a
-tolerance of +-1 grey level (float32 vs float64 can straddle an integer before truncation). Geometric ops must
+tolerance of +-1 grey level (float32 vs float64 can straddle an integer before truncation), with at most 3% of
+values off by one so that rounding instead of truncating would still be caught (see assert_close). Geometric ops must
 match exactly except at pixels whose exact source coordinate lies on (within 1e-4 of) a nearest-neighbour rounding
 tie, where float32 and float64 may legitimately round differently.
 """
