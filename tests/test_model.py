@@ -269,17 +269,23 @@ def capture(module):
     return seen, module.register_forward_hook(hook)
 
 
-def test_gap_no_class_token_norm_before_mean():
-    model = small_model()
-    assert model.cls is None
-    assert not any("cls" in name for name, _ in model.named_parameters())
-    x = images()
+def encoder_trace(model, x):
+    """(input/output of the first block, input/output of encoder_norm, pooled features) for images x."""
     first, h1 = capture(model.blocks[0])
     final, h2 = capture(model.encoder_norm)
     with torch.no_grad():
         feats = model.features(x)
     h1.remove()
     h2.remove()
+    return first, final, feats
+
+
+def test_gap_no_class_token_norm_before_mean():
+    model = small_model()
+    assert model.cls is None
+    assert not any("cls" in name for name, _ in model.named_parameters())
+    x = images()
+    first, final, feats = encoder_trace(model, x)
     # Only the 16 patch tokens enter the encoder, each with its position embedding added.
     patches = model.patch_embed(x).flatten(2).transpose(1, 2)
     assert first["in"].shape == (2, 16, 64)
@@ -300,12 +306,7 @@ def test_tok_pool_returns_first_token_posemb_before_cls():
     with torch.no_grad():
         nn.init.normal_(model.cls)  # non-zero so it is recognisable
     x = images()
-    first, h1 = capture(model.blocks[0])
-    final, h2 = capture(model.encoder_norm)
-    with torch.no_grad():
-        feats = model.features(x)
-    h1.remove()
-    h2.remove()
+    first, final, feats = encoder_trace(model, x)
     assert first["in"].shape == (2, 17, 64)
     # Class token prepended without a position embedding; posemb added to the patches only.
     torch.testing.assert_close(first["in"][:, 0], model.cls[0].expand(2, -1).detach(), rtol=0, atol=0)
