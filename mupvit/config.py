@@ -89,6 +89,14 @@ class ModelConfig:
     posemb: Literal["sincos2d", "learn", "none"] = "sincos2d"
     pool: Literal["gap", "tok"] = "gap"
     head: Literal["linear", "mlp"] = "linear"
+    # `mup` = maximal update parametrization for Adam (mupvit/parametrization.py, docs/MUP.md), with
+    # m = width / base_width; at width == base_width it is `sp` bit for bit.
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: int = 384
+    # How num_heads and mlp_dim follow a width that differs from the reference shape (the variant's):
+    # more heads of the same size (the ViT family's rule) or the same heads made wider. mlp_dim keeps its ratio.
+    widening: Literal["fixed_head_dim", "fixed_heads"] = "fixed_head_dim"
+    zero_init_query: bool = False  # zero the query projection at init (either parametrization)
 
 
 @dataclass
@@ -273,9 +281,41 @@ class ModelShape:
     patch_size: int
 
 
+def widened_mlp_dim(ref: ModelShape, width: int) -> int:
+    """mlp_dim at `width` with the reference's mlp_dim / width ratio."""
+    if width * ref.mlp_dim % ref.width:
+        raise ConfigError(
+            f"model.width: {width} keeps no integer mlp_dim at the reference ratio {ref.mlp_dim}/{ref.width}; "
+            "pick a width that keeps it, or set model.mlp_dim"
+        )
+    return width * ref.mlp_dim // ref.width
+
+
+def widened_heads(ref: ModelShape, width: int, rule: str) -> int:
+    """num_heads at `width`: more heads of the reference size (fixed_head_dim) or the same heads (fixed_heads)."""
+    if rule == "fixed_heads":
+        return ref.num_heads
+    head_dim = ref.width // ref.num_heads
+    if width % head_dim:
+        raise ConfigError(
+            f"model.width: {width} is not a multiple of the head size {head_dim} (widening 'fixed_head_dim'); "
+            f"choose a multiple of {head_dim}, or set model.widening: fixed_heads"
+        )
+    return width // head_dim
+
+
+def widened_shape(ref: ModelShape, width: int, rule: str) -> ModelShape:
+    """`ref` at a new width under the widening rule."""
+    return dataclasses.replace(ref, width=width, num_heads=widened_heads(ref, width, rule),
+                               mlp_dim=widened_mlp_dim(ref, width))
+
+
 def model_shape(m: ModelConfig) -> ModelShape:
-    """Resolve variant + explicit fields into concrete sizes (explicit values win)."""
-    width = depth = mlp_dim = heads = patch = None
+    """Resolve variant + explicit fields into concrete sizes (explicit values win). A width that differs from the
+    variant's derives the unset num_heads and mlp_dim by the widening rule."""
+    explicit = {"width": m.width, "depth": m.depth, "mlp_dim": m.mlp_dim, "num_heads": m.num_heads,
+                "patch_size": m.patch_size}
+    from_variant = dict.fromkeys(explicit)
     if m.variant is not None:
         name, _, patch_text = m.variant.partition("/")
         if name not in VARIANTS:
@@ -284,13 +324,17 @@ def model_shape(m: ModelConfig) -> ModelShape:
                 "optionally with a patch size such as 'S/16', or null with explicit sizes"
             )
         width, depth, mlp_dim, heads = VARIANTS[name]
+        from_variant.update(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
         if patch_text:
             if not patch_text.isdigit() or int(patch_text) <= 0:
                 raise ConfigError(f"model.variant: patch size in {m.variant!r} must be a positive integer")
-            patch = int(patch_text)
-    explicit = {"width": m.width, "depth": m.depth, "mlp_dim": m.mlp_dim, "num_heads": m.num_heads,
-                "patch_size": m.patch_size}
-    from_variant = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": heads, "patch_size": patch}
+            from_variant["patch_size"] = int(patch_text)
+        if m.width is not None and m.width > 0 and m.width != width:
+            ref = ModelShape(width, depth, mlp_dim, heads, from_variant["patch_size"] or 1)
+            if m.num_heads is None:
+                from_variant["num_heads"] = widened_heads(ref, m.width, m.widening)
+            if m.mlp_dim is None:
+                from_variant["mlp_dim"] = widened_mlp_dim(ref, m.width)
     resolved = {k: v if v is not None else from_variant[k] for k, v in explicit.items()}
     for key, value in resolved.items():
         if value is None:
@@ -329,6 +373,12 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
         raise ConfigError(
             f"model.width: {shape.width} is not divisible by model.num_heads={shape.num_heads}; "
             "choose a width that is a multiple of the number of heads"
+        )
+    _positive("model.base_width", m.base_width)
+    if m.parametrization == "mup" and m.widening == "fixed_heads" and m.base_width % shape.num_heads:
+        raise ConfigError(
+            f"model.base_width: {m.base_width} is not divisible by model.num_heads={shape.num_heads}; "
+            "with widening 'fixed_heads' the base model needs whole heads"
         )
     if m.posemb == "sincos2d" and shape.width % 4:
         raise ConfigError(f"model.width: {shape.width} must be a multiple of 4 for posemb 'sincos2d'")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mupvit.config import ModelConfig, model_shape
+from mupvit.parametrization import parametrization
 
 LN_EPS = 1e-6
 # JAX's truncated_normal(-2, 2) has std 0.8796 of the untruncated one; lecun_normal divides it out.
@@ -51,15 +52,17 @@ class Attention(nn.Module):
     """Multi-head self-attention. q, k, v live in one (3d, d) weight for one matmul, but each (d, d)
     block is initialised on its own like flax's separate query/key/value kernels."""
 
-    def __init__(self, width: int, num_heads: int) -> None:
+    def __init__(self, width: int, num_heads: int, scale: float, zero_init_query: bool = False) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.scale, self.zero_init_query = num_heads, scale, zero_init_query
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
     def reset_parameters(self) -> None:
         for block in self.qkv.weight.chunk(3, dim=0):
             xavier_uniform_(block)
+        if self.zero_init_query:
+            nn.init.zeros_(self.qkv.weight[: self.out.in_features])
         xavier_uniform_(self.out.weight)
         nn.init.zeros_(self.qkv.bias)
         nn.init.zeros_(self.out.bias)
@@ -68,7 +71,7 @@ class Attention(nn.Module):
         n, length, d = x.shape
         qkv = self.qkv(x).view(n, length, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, length, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(n, length, d))
 
 
@@ -87,13 +90,24 @@ class MlpBlock(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as RECIPE.md specifies
 
 
+class Readout(nn.Linear):
+    """The classifier head; µP multiplies its input by 1/m (`mult`), SP leaves it alone (mult 1.0 skips the op)."""
+
+    def __init__(self, width: int, num_classes: int, mult: float) -> None:
+        super().__init__(width, num_classes)
+        self.mult = mult
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.mult if self.mult != 1.0 else x)
+
+
 class EncoderBlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); no dropout, no layer scale."""
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int) -> None:
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, attn_scale: float, zero_init_query: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
-        self.attn = Attention(width, num_heads)
+        self.attn = Attention(width, num_heads, attn_scale, zero_init_query)
         self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
         self.mlp = MlpBlock(width, mlp_dim)
 
@@ -106,6 +120,7 @@ class ViT(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int) -> None:
         super().__init__()
         shape = model_shape(cfg)
+        self.parametrization = parametrization(cfg)
         self.width, self.pool = shape.width, cfg.pool
         self.grid = image_size // shape.patch_size
         self.patch_embed = nn.Conv2d(3, shape.width, shape.patch_size, stride=shape.patch_size)
@@ -118,11 +133,13 @@ class ViT(nn.Module):
             self.pos_embedding = None
         self.cls = nn.Parameter(torch.zeros(1, 1, shape.width)) if cfg.pool == "tok" else None
         self.blocks = nn.ModuleList(
-            EncoderBlock(shape.width, shape.num_heads, shape.mlp_dim) for _ in range(shape.depth)
+            EncoderBlock(shape.width, shape.num_heads, shape.mlp_dim, self.parametrization.attn_scale,
+                         cfg.zero_init_query)
+            for _ in range(shape.depth)
         )
         self.encoder_norm = nn.LayerNorm(shape.width, eps=LN_EPS)
         self.pre_logits = nn.Linear(shape.width, shape.width) if cfg.head == "mlp" else None
-        self.head = nn.Linear(shape.width, cfg.num_classes)
+        self.head = Readout(shape.width, cfg.num_classes, self.parametrization.readout_mult)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -130,7 +147,7 @@ class ViT(nn.Module):
         lecun_normal_(self.patch_embed.weight)
         nn.init.zeros_(self.patch_embed.bias)
         if isinstance(self.pos_embedding, nn.Parameter):
-            nn.init.normal_(self.pos_embedding, std=1.0 / math.sqrt(self.width))
+            nn.init.normal_(self.pos_embedding, std=self.parametrization.posemb_std)
         if self.cls is not None:
             nn.init.zeros_(self.cls)
         for block in self.blocks:

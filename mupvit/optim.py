@@ -7,10 +7,10 @@ import math
 from collections.abc import Iterable
 
 import torch
-from torch import nn
 
 from mupvit.config import OptimConfig
-from mupvit.model import decay_mask
+from mupvit.model import ViT, decay_mask
+from mupvit.parametrization import ROLES, param_role
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -23,16 +23,32 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups: kernels (decayed) and everything else (biases, LayerNorm, posemb, cls)."""
-    decay, no_decay = [], []
+def param_groups(model: ViT) -> list[dict]:
+    """One group per µP role (mupvit/parametrization.py), each with its Adam lr multiplier, whether big_vision
+    decays it (kernels only) and the parameter names, so the whole parametrization is visible in the optimiser."""
+    hidden_lr = model.parametrization.hidden_lr_mult
+    groups = {role: {"params": [], "names": [], "role": role, "decay": role != "vector",
+                     "lr_mult": hidden_lr if role == "hidden" else 1.0} for role in ROLES}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if decay_mask(name, param) else no_decay).append(param)
-    return [
-        {"params": decay, "decay": True, "lr_mult": 1.0},
-        {"params": no_decay, "decay": False, "lr_mult": 1.0},
-    ]
+        if not param.requires_grad:
+            continue
+        role = param_role(name, param)
+        if decay_mask(name, param) != groups[role]["decay"]:
+            raise ValueError(f"parameter {name}: role {role!r} disagrees with the weight-decay mask")
+        groups[role]["params"].append(param)
+        groups[role]["names"].append(name)
+    return [g for g in groups.values() if g["params"]]
+
+
+def describe_param_groups(groups: list[dict], weight_decay: float) -> str:
+    """A table of the optimiser's groups: role, lr multiplier, decay, number of tensors and elements, names."""
+    lines = [f"{'role':8} {'lr_mult':>9} {'wd':>8} {'tensors':>7} {'params':>10}  names"]
+    for g in groups:
+        numel = sum(p.numel() for p in g["params"])
+        wd = weight_decay if g["decay"] else 0.0
+        names = ", ".join(g["names"][:4]) + (f", ... (+{len(g['names']) - 4})" if len(g["names"]) > 4 else "")
+        lines.append(f"{g['role']:8} {g['lr_mult']:9.4g} {wd:8.2g} {len(g['params']):7d} {numel:10,d}  {names}")
+    return "\n".join(lines)
 
 
 class BigVisionAdam:
@@ -90,5 +106,5 @@ def clip_by_global_norm(params: Iterable[torch.Tensor], max_norm: float | None) 
     return norm
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int) -> BigVisionAdam:
+def build_optimizer(model: ViT, cfg: OptimConfig, total_steps: int) -> BigVisionAdam:
     return BigVisionAdam(param_groups(model), cfg, total_steps)

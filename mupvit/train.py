@@ -21,7 +21,7 @@ from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
 from mupvit.model import ViT
-from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm
+from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, param_groups
 
 # Keys that may change between a checkpoint and its resume without changing the optimisation.
 RESUMABLE_CHANGES = {
@@ -149,6 +149,7 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     logger.start(cfg.to_dict(), {
         "total_steps": steps, "start_step": start, "device": str(device), "train_images": len(train_split),
         "resumed_from": str(ckpt) if ckpt else None, "out_dir": str(out_dir),
+        "parametrization": model.parametrization.name, "width_mult": model.parametrization.width_mult,
     })
     eval_sets = {name: eval_loader(cfg, splits[name], device.type == "cuda") for name in cfg.data.eval_splits}
     batches = iter(train_loader(cfg, train_split, start, end, pin_memory=device.type == "cuda"))
@@ -217,6 +218,15 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     return summary
 
 
+def param_groups_report(cfg: Config) -> str:
+    """The model's parametrization and its optimiser groups, as --print-param-groups shows them."""
+    model = ViT(cfg.model, cfg.data.image_size)
+    p = model.parametrization
+    head = (f"parametrization {p.name}: width_mult {p.width_mult:g}, hidden lr x {p.hidden_lr_mult:g}, "
+            f"readout input x {p.readout_mult:g}, attention scale {p.attn_scale:.6g}")
+    return head + "\n" + describe_param_groups(param_groups(model), cfg.optim.weight_decay)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mupvit.train", description=__doc__)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/demo_digits.yaml")
@@ -224,11 +234,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set optim.lr=3e-3 (repeatable)")
     parser.add_argument("--summary-json", metavar="PATH", help="also write the final JSON summary to PATH")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--print-param-groups", action="store_true",
+                        help="print the optimiser's parameter groups (µP role, lr multiplier, weight decay) and exit")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(cfg.to_yaml(), end="")
+            return 0
+        if args.print_param_groups:
+            print(param_groups_report(cfg))
             return 0
         summary = run(cfg)
     except (ConfigError, DataError) as err:

@@ -192,7 +192,15 @@ def test_unknown_literal(override, fragments):
 
 def test_width_not_divisible_by_heads():
     # 388 is a multiple of 4 (so sincos2d is fine) but not of S's 6 heads.
-    _assert_mentions(_error(["model.width=388"]), "model.width", "388", "not divisible by model.num_heads=6")
+    _assert_mentions(_error(["model.width=388", "model.num_heads=6"]), "model.width", "388",
+                     "not divisible by model.num_heads=6")
+
+
+def test_width_off_the_widening_rule():
+    # S/16's heads are 64 wide: 400 is no whole number of them, and its mlp ratio 4 gives 1600 (fine).
+    _assert_mentions(_error(["model.width=400"]), "model.width", "400", "head size 64", "fixed_heads")
+    # Same 6 heads made wider: 388 is not divisible by 6.
+    _assert_mentions(_error(["model.width=388", "model.widening=fixed_heads"]), "not divisible by model.num_heads=6")
 
 
 def test_warmup_must_be_below_total_steps():
@@ -307,8 +315,13 @@ def test_model_shape_known_sizes():
 
 
 def test_model_shape_explicit_values_win():
-    shape = model_shape(ModelConfig(variant="S/16", width=512, num_heads=8, patch_size=8))
-    assert shape == ModelShape(width=512, depth=12, mlp_dim=1536, num_heads=8, patch_size=8)
+    shape = model_shape(ModelConfig(variant="S/16", width=512, num_heads=4, mlp_dim=1000, patch_size=8))
+    assert shape == ModelShape(width=512, depth=12, mlp_dim=1000, num_heads=4, patch_size=8)
+    # Unset heads and mlp_dim follow the widening rule from the variant: 64-wide heads, mlp ratio 4.
+    shape = model_shape(ModelConfig(variant="S/16", width=512))
+    assert (shape.num_heads, shape.mlp_dim) == (8, 2048)
+    shape = model_shape(ModelConfig(variant="S/16", width=768, widening="fixed_heads"))
+    assert (shape.num_heads, shape.mlp_dim) == (6, 3072)
     # A variant without a patch takes the patch from model.patch_size.
     assert model_shape(ModelConfig(variant="B", patch_size=32)).patch_size == 32
 

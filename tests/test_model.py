@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mupvit.config import ModelConfig, model_shape
-from mupvit.model import Attention, EncoderBlock, MlpBlock, ViT, decay_mask, posemb_sincos_2d
+from mupvit.model import EncoderBlock, MlpBlock, ViT, decay_mask, posemb_sincos_2d
 
 # JAX's truncated_normal(-2, 2) has this std relative to the untruncated normal (RECIPE.md).
 TRUNC_CORRECTION = 0.87962566103423978
@@ -339,7 +339,7 @@ def test_gelu_is_exact_erf():
     assert (out - approx).abs().max() > 1e-6  # tanh approximation is distinguishable at this tolerance
 
 
-def manual_attention(attn: Attention, x: torch.Tensor, scale: float) -> torch.Tensor:
+def manual_attention(attn: nn.Module, x: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v per head, q/k/v = the three (d, d) row blocks of the qkv kernel."""
     n, length, d = x.shape
     heads = attn.num_heads
@@ -352,7 +352,7 @@ def manual_attention(attn: Attention, x: torch.Tensor, scale: float) -> torch.Te
 
 def test_attention_scale_is_inverse_sqrt_head_dim():
     torch.manual_seed(0)
-    attn = Attention(64, 2).double()
+    attn = small_model(width=64, num_heads=2, mlp_dim=128).blocks[0].attn.double()
     with torch.no_grad():
         for p in attn.parameters():
             nn.init.normal_(p, std=0.3)  # sharp-ish attention so the scale matters
@@ -365,7 +365,7 @@ def test_attention_scale_is_inverse_sqrt_head_dim():
 
 def test_encoder_block_is_pre_ln():
     torch.manual_seed(0)
-    block = EncoderBlock(64, 2, 128).double()
+    block = EncoderBlock(64, 2, 128, 1 / math.sqrt(32), zero_init_query=False).double()
     with torch.no_grad():
         for p in block.parameters():
             nn.init.normal_(p, std=0.2)
