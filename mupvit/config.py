@@ -132,11 +132,41 @@ class TrainConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where `python -m orchestration.train` runs the loop (Ray Train); `python -m mupvit.train` ignores it."""
+
+    address: str | None = None  # Ray cluster address; else $RAY_ADDRESS; else a local Ray on this machine
+    num_workers: int = 1  # data-parallel workers (sets train.devices)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used with use_gpu
+    # Ray Train storage for checkpoints: a local folder (relative to the submit directory), a path every node
+    # shares, or a bucket URI (s3://, gs://).
+    storage_path: str = "ray_results"
+    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
+    keep_checkpoints: int = 2
+    resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
+    fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking for orchestration runs."""
+
+    uri: str | None = None  # else $MLFLOW_TRACKING_URI; else sqlite:///<submit dir>/mlflow.db
+    experiment: str = "mupvit"
+    run_name: str | None = None  # also the Ray Train run name; default <config file stem>-<config hash>
+    ablation: str | None = None  # the paper ablation this run belongs to (tag for the report)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -408,12 +438,16 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
         ("train.log_every", t.log_every), ("train.eval_every", t.eval_every), ("train.ckpt_every", t.ckpt_every),
         ("train.keep_ckpts", t.keep_ckpts), ("optim.clip_norm", o.clip_norm), ("train.epochs", t.epochs),
         ("train.total_steps", t.total_steps), ("data.num_train_examples", d.num_train_examples),
-        ("data.eval_batch_size", d.eval_batch_size),
+        ("data.eval_batch_size", d.eval_batch_size), ("cluster.num_workers", cfg.cluster.num_workers),
+        ("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker), ("cluster.keep_checkpoints",
+                                                                   cfg.cluster.keep_checkpoints),
+        ("cluster.gpus_per_worker", cfg.cluster.gpus_per_worker), ("cluster.fail_at_step", cfg.cluster.fail_at_step),
     ):
         _positive(key, value)
     for key, value in (("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps),
                        ("data.num_workers", d.num_workers), ("data.randaug_layers", d.randaug_layers),
-                       ("data.mixup_alpha", d.mixup_alpha)):
+                       ("data.mixup_alpha", d.mixup_alpha), ("cluster.max_failures", cfg.cluster.max_failures),
+                       ("cluster.resource_wait_s", cfg.cluster.resource_wait_s)):
         _positive(key, value, allow_zero=True)
     for key, beta in (("optim.b1", o.b1), ("optim.b2", o.b2)):
         if not 0.0 <= beta < 1.0:

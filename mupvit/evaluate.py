@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -32,6 +33,8 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precisio
             torch.tensor(float(len(labels)), dtype=torch.float64, device=device),
         ])
     model.train(was_training)
+    if dist.is_available() and dist.is_initialized():  # each rank saw its shard of the split
+        dist.all_reduce(totals)
     loss, top1, top5, count = totals.tolist()
     if count == 0:
         raise ValueError("evaluate: the split yielded no batches")

@@ -17,8 +17,8 @@ class RunLogger:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         """Train metrics (`train/loss`, ...), eval metrics (`val/acc1`, ...) and results (`acc1_at_90ep`)."""
 
-    def checkpoint(self, step: int, path: str) -> None:
-        """A checkpoint was written atomically at `path`."""
+    def checkpoint(self, step: int, path: str | None) -> None:
+        """A checkpoint was written atomically at `path` (called on every rank; None where rank != 0)."""
 
     def end(self, summary: dict[str, Any]) -> None:
         """The run finished (or stopped at the requested step) with this summary."""
@@ -36,7 +36,7 @@ class MultiLogger(RunLogger):
         for lg in self.loggers:
             lg.metrics(step, values)
 
-    def checkpoint(self, step: int, path: str) -> None:
+    def checkpoint(self, step: int, path: str | None) -> None:
         for lg in self.loggers:
             lg.checkpoint(step, path)
 
@@ -81,7 +81,7 @@ class ConsoleLogger(RunLogger):
         if others:
             self._print(f"[step {step}] " + "  ".join(f"{k} {v:.4f}" for k, v in others.items()))
 
-    def checkpoint(self, step: int, path: str) -> None:
+    def checkpoint(self, step: int, path: str | None) -> None:
         self._print(f"[step {step}] checkpoint {path}")
 
     def end(self, summary: dict[str, Any]) -> None:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mupvit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mupvit.config import Config, ConfigError, load_config, steps_for_epochs, total_steps, validate
@@ -28,6 +30,7 @@ RESUMABLE_CHANGES = {
     "data.num_workers", "data.eval_batch_size", "data.root", "train.log_every", "train.eval_every",
     "train.ckpt_every", "train.keep_ckpts", "train.out_dir", "train.resume", "train.compile", "train.device",
 }
+RESUMABLE_SECTIONS = ("cluster.", "tracking.")  # where and how a run is launched and recorded
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,7 +65,8 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
     old, new = _flat(saved), _flat(cfg.to_dict())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                     and not k.startswith(RESUMABLE_SECTIONS))
     if changed:
         diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         raise ConfigError(
@@ -110,17 +114,33 @@ def eval_points(cfg: Config, n_train: int, steps: int) -> dict[int, list[float]]
     return points
 
 
-def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None = None) -> dict[str, Any]:
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None = None, *,
+        device: torch.device | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg`; return the summary. `stop_at_step` ends the run early
-    after that many steps, with a checkpoint, as a preemption would."""
+    after that many steps, with a checkpoint, as a preemption would.
+
+    In an initialised torch.distributed group of train.devices processes (as a launcher such as Ray Train
+    sets up) the model is wrapped in DDP and each rank takes its 1/world share of every global batch, so the
+    optimisation is that of one process with the whole batch. Only rank 0 writes checkpoints; every rank calls
+    the logger (rank != 0 gets path None from `checkpoint`). `resume_from` names the checkpoint file to resume
+    from instead of the newest one in train.out_dir; `device` overrides train.device.
+    """
     logger = logger or ConsoleLogger()
     t = cfg.train
-    if t.devices != 1:
+    rank, world = process_group()
+    if t.devices != world:
         raise ConfigError(
-            f"train.devices: {t.devices} needs a distributed launch; mupvit.train runs one process "
-            "(use orchestration.train for data-parallel runs)"
+            f"train.devices: {t.devices}, but this process group has {world} process(es); mupvit.train runs "
+            "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
         )
-    device = resolve_device(t.device)
+    device = device or resolve_device(t.device)
     splits = build_splits(cfg)
     train_split = splits[cfg.data.train_split]
     validate(cfg, num_train=len(train_split))
@@ -132,8 +152,8 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     model = ViT(cfg.model, cfg.data.image_size).to(device)
     optimizer = build_optimizer(model, cfg.optim, steps)
     start, results, last_eval = 0, {}, {}
-    ckpt = latest_checkpoint(out_dir) if t.resume else None
-    if ckpt is None and list(out_dir.glob("ckpt_*.pt")):
+    ckpt = Path(resume_from) if resume_from else latest_checkpoint(out_dir) if t.resume else None
+    if ckpt is None and rank == 0 and list(out_dir.glob("ckpt_*.pt")):
         raise ConfigError(f"train.out_dir: {out_dir} already holds checkpoints and train.resume is false; "
                           "choose an empty out_dir")
     if ckpt is not None:
@@ -144,19 +164,28 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         torch.set_rng_state(state["rng"])
         start, results, last_eval = state["step"], state["results"], state["eval"]
     end = steps if stop_at_step is None else min(steps, stop_at_step)
-    forward = torch.compile(model) if t.compile else model
+    # The position embedding buffer is a constant: no buffer broadcasts. Eval runs on the bare model, since each
+    # rank evaluates its own shard and DDP's collectives would need the same number of forwards everywhere.
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False) if world > 1 else model
+    forward = torch.compile(wrapped) if t.compile else wrapped
+    eval_forward = forward if world == 1 else torch.compile(model) if t.compile else model
 
     logger.start(cfg.to_dict(), {
         "total_steps": steps, "start_step": start, "device": str(device), "train_images": len(train_split),
         "resumed_from": str(ckpt) if ckpt else None, "out_dir": str(out_dir),
         "parametrization": model.parametrization.name, "width_mult": model.parametrization.width_mult,
     })
-    eval_sets = {name: eval_loader(cfg, splits[name], device.type == "cuda") for name in cfg.data.eval_splits}
-    batches = iter(train_loader(cfg, train_split, start, end, pin_memory=device.type == "cuda"))
+    pin = device.type == "cuda"
+    eval_sets = {name: eval_loader(cfg, splits[name], pin, rank, world) for name in cfg.data.eval_splits}
+    batches = iter(train_loader(cfg, train_split, start, end, rank, world, pin_memory=pin))
     last_ckpt = str(ckpt) if ckpt else None
 
     def save(step: int) -> None:
         nonlocal last_ckpt
+        if rank != 0:
+            logger.checkpoint(step, None)
+            return
         path = save_checkpoint(out_dir, step, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
             "stream_position": step * t.batch_size, "config": cfg.to_dict(), "results": results, "eval": last_eval,
@@ -175,6 +204,10 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, optimizer, images, labels, step, t.accum_steps, cfg.optim.clip_norm,
                                          t.precision, mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
+        if world > 1:  # the global batch's loss, and the same divergence decision on every rank
+            loss_t = torch.tensor(loss, dtype=torch.float64, device=device)
+            dist.all_reduce(loss_t)
+            loss = loss_t.item() / world
         done = step + 1
         if not torch.isfinite(torch.tensor(loss)):
             raise TrainingDiverged(
@@ -185,8 +218,8 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         train_time += elapsed
         interval_time += elapsed
         data_time += fetched - tick
-        interval_images += len(labels)
-        trained_images += len(labels)
+        interval_images += len(labels) * world
+        trained_images += len(labels) * world
         if done % t.log_every == 0 or done == end:
             param_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()]))
             logger.metrics(done, {
@@ -198,7 +231,7 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         if done in points:
             values = {}
             for name, loader in eval_sets.items():
-                last_eval[name] = evaluate(forward, loader, device, t.precision)
+                last_eval[name] = evaluate(eval_forward, loader, device, t.precision)
                 values.update({f"{name}/{k}": v for k, v in last_eval[name].items()})
             primary = last_eval[cfg.data.eval_splits[0]]["acc1"] if eval_sets else None
             for ep in points[done]:

@@ -138,7 +138,7 @@ def test_cli_rejects_bad_config_before_training(tmp_path, capsys):
 
 def test_devices_above_one_need_distributed_launch(digits_root, tmp_path):
     cfg = tiny_config(digits_root, tmp_path, **{"train.devices": 2})
-    with pytest.raises(ConfigError, match="train.devices: 2 needs a distributed launch"):
+    with pytest.raises(ConfigError, match="train.devices: 2, but this process group has 1"):
         run(cfg, QuietLogger())
 
 

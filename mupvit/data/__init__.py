@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from mupvit.config import Config
 from mupvit.data.datasets import DataError, Split, load_splits
@@ -69,9 +69,11 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
     )
 
 
-def eval_loader(cfg: Config, split: Split, pin_memory: bool = False) -> DataLoader:
+def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
+    """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded."""
     d = cfg.data
+    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.antialias))
     return DataLoader(
-        EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.antialias)),
+        dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world)),
         batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),
     )

@@ -1,0 +1,67 @@
+"""Data parallel in plain torch.distributed (gloo on CPU): 2 ranks x B/2 is the optimisation of 1 rank x B."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mupvit.checkpoint import load_checkpoint
+from mupvit.train import run
+
+from .helpers import QuietLogger, tiny_config
+
+STEPS = 20
+OVERRIDES = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "data.mixup_alpha": 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(logger: QuietLogger) -> list[float]:
+    return [v["train/loss"] for kind, (step, v) in logger.events if kind == "metrics" and "train/loss" in v]
+
+
+def worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        logger = QuietLogger()
+        cfg = tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
+        summary = run(cfg, logger)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses(logger), "val": summary["val"],
+                                                              "checkpoint": summary["checkpoint"]}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(digits_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(2, free_port(), str(digits_root), str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_ranks_match_one_rank_with_the_same_global_batch(two_rank_run, digits_root, tmp_path):
+    torch.set_num_threads(1)
+    logger = QuietLogger()
+    single = run(tiny_config(digits_root, tmp_path, **OVERRIDES), logger)
+    rank0, rank1 = two_rank_run
+    assert len(rank0["losses"]) == STEPS
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(losses(logger)), rtol=1e-5, atol=1e-5)
+    assert rank0["losses"] == rank1["losses"]  # every rank logs the global batch's loss
+    # Sharded evaluation sums to the whole split.
+    assert rank0["val"]["acc1"] == pytest.approx(single["val"]["acc1"], abs=1 / 359 + 1e-9)
+    assert rank0["val"] == rank1["val"]
+    a, b = load_checkpoint(rank0["checkpoint"])["model"], load_checkpoint(single["checkpoint"])["model"]
+    for name, tensor in a.items():
+        torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
+    assert rank1["checkpoint"] is None  # only rank 0 writes checkpoints
