@@ -1,19 +1,24 @@
-# Two commands for a newcomer: `make demo` trains on the embedded digits data, `make test` runs the suite.
+# Two commands for a newcomer: `make demo` submits the embedded digits reproduction to a local Ray head with
+# `ray job submit` (tracked in MLflow), `make test` runs the suite.
 # Both create (or reuse) the virtual environment in $(VENV) and install the project into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo train-local test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[platform,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m orchestration.demo experiments/demo_digits.yaml
+
+# The same demo in one process with the bare trainer (no Ray, no MLflow).
+train-local: $(STAMP)
 	$(PY) -m mupvit.train experiments/demo_digits.yaml --set train.resume=false --set train.out_dir=runs/demo_digits/$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
@@ -25,4 +30,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/data_throughput.py --workers 2
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs ray_results mlflow.db

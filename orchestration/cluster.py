@@ -1,0 +1,85 @@
+"""Connecting to Ray and checking, before anything is scheduled, that the cluster can hold the request."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from mupvit.config import Config
+
+# A local Ray on a small machine: cap the object store (it defaults to 30% of RAM) so torch keeps the memory.
+LOCAL_OBJECT_STORE_BYTES = 1_000_000_000
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run this request; the message says what is missing."""
+
+
+def connect(cfg: Config) -> str:
+    """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
+    if ray.is_initialized():
+        return "already connected"
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        except (ConnectionError, RuntimeError) as err:
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
+                               "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err
+        return f"Ray cluster at {address}"
+    # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
+    ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True, dashboard_host="127.0.0.1",
+             logging_level="WARNING")
+    return "a local Ray started for this run"
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    c = cfg.cluster
+    return {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
+
+
+def check_capacity(cfg: Config, nodes: list[dict[str, Any]] | None = None) -> None:
+    """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources
+    (Ray itself would wait forever, e.g. for a GPU that does not exist)."""
+    nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
+    per_worker = worker_resources(cfg)
+    totals = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in per_worker}
+    n = cfg.cluster.num_workers
+    for key, amount in per_worker.items():
+        if totals[key] < n * amount:
+            hint = ("set cluster.use_gpu: false, or use a cluster with GPUs" if key == "GPU"
+                    else "lower cluster.num_workers or cluster.cpus_per_worker, or add nodes")
+            raise ClusterError(f"the cluster has {totals[key]:g} {key} in all, but cluster.num_workers={n} x "
+                               f"{amount:g} {key} per worker needs {n * amount:g}; {hint}")
+    # Each worker must fit on one node.
+    fits = sum(int(min(node["Resources"].get(k, 0.0) // v for k, v in per_worker.items())) for node in nodes)
+    if fits < n:
+        raise ClusterError(f"only {fits} worker(s) of {per_worker} fit on the cluster's nodes; "
+                           f"cluster.num_workers={n}")
+
+
+def wait_for_free_resources(cfg: Config, log=print) -> None:
+    """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s, then fail."""
+    need = {k: v * cfg.cluster.num_workers for k, v in worker_resources(cfg).items()}
+    deadline = time.monotonic() + cfg.cluster.resource_wait_s
+    announced = False
+    while True:
+        free = ray.available_resources()
+        short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) < v}
+        if not short:
+            return
+        if time.monotonic() >= deadline:
+            busy = ", ".join(f"{k}: {have:g} free of {want:g} needed" for k, (want, have) in short.items())
+            raise ClusterError(f"resources busy for {cfg.cluster.resource_wait_s:g} s ({busy}); wait for other "
+                               "jobs to finish or raise cluster.resource_wait_s")
+        if not announced:
+            log(f"orchestration: waiting up to {cfg.cluster.resource_wait_s:g} s for free resources {need}")
+            announced = True
+        time.sleep(1.0)
+
+
+def node_count() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))

@@ -1,0 +1,69 @@
+"""`make demo`: the digits reproduction submitted with `ray job submit` to a Ray head on this machine.
+
+Starts a head on 127.0.0.1 unless one answers on the dashboard port, submits `python -m orchestration.train`
+with the project directory as the job's working dir, waits, prints the result and how to open the MLflow UI,
+and stops the head if it started it. Runs and checkpoints land in ./ray_results, MLflow in ./mlflow.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
+from orchestration.tracking import git_state
+
+
+def submit_command(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path) -> list[str]:
+    commit, dirty = git_state(root)
+    env_vars = {"MUPVIT_GIT_COMMIT": commit + ("-dirty" if dirty else ""),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    sets = [f"cluster.storage_path={root / 'ray_results'}", *overrides]
+    return [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(dashboard_port), "--working-dir", str(root),
+            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
+            "python", "-m", "orchestration.train", config, "--summary-json", str(summary),
+            *[arg for s in sets for arg in ("--set", s)]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default="experiments/demo_digits.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--dashboard-port", type=int, default=8265)
+    args = parser.parse_args(argv)
+    root = Path.cwd().resolve()
+    summary_path = root / "runs" / "demo_summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.unlink(missing_ok=True)
+    started = not head_running(args.dashboard_port)
+    if started:
+        print(f"demo: starting a Ray head on 127.0.0.1 (dashboard {dashboard_url(args.dashboard_port)})", flush=True)
+        start_head(dashboard_port=args.dashboard_port)
+    try:
+        cmd = submit_command(root, args.dashboard_port, args.config, args.overrides, summary_path)
+        print("demo: " + " ".join(cmd), flush=True)
+        code = subprocess.run(cmd, env=cluster_env()).returncode
+    finally:
+        if started:
+            print("demo: stopping the Ray head it started", flush=True)
+            stop_head()
+    if code != 0 or not summary_path.exists():
+        print(f"demo: the job failed (ray job submit exited {code}); its log is above", file=sys.stderr)
+        return code or 1
+    summary = json.loads(summary_path.read_text())
+    results = {k: v for k, v in summary.items() if k.startswith("acc1_at_")}
+    print("\n== demo result ==")
+    print(f"val top-1 {100 * summary.get('final/val/acc1', float('nan')):.2f}%  "
+          + "  ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(results.items())))
+    print(f"MLflow run {summary['mlflow_run_id']} ({summary['run_name']}) in {summary['tracking_uri']}")
+    print("open the MLflow UI: make ui   (or: .venv/bin/mlflow ui --backend-store-uri "
+          f"{summary['tracking_uri']} --host 127.0.0.1 --port 5000)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""MLflow tracking for orchestration runs: the store URI, reachability, one run per training run, and the
+RunLogger that rank 0 uses to record params, tags, metrics and artifacts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mupvit.config import Config, ConfigError
+from mupvit.logger import RunLogger
+
+RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
+PAPER_TAG = "mupvit.paper_acc1"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used; the message says which URI and why."""
+
+
+def tracking_uri(cfg: Config, base_dir: Path) -> str:
+    """tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite file in `base_dir`; relative SQLite paths are made
+    absolute against `base_dir` (Ray workers run in their own temp directories)."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base_dir / uri.removeprefix('sqlite:///')).resolve()}"
+    if "://" not in uri:  # a bare path: MLflow's file store, which 3.x refuses by default
+        raise ConfigError(f"tracking.uri: {uri!r} is a file path; use sqlite:///path/mlflow.db or http://host:port")
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:"))
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to the database file (MLflow's default, ./mlruns, would be relative to
+    whichever directory the first run started in: a job's temporary working dir). A server decides itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when the store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            response.raise_for_status()
+        except requests.RequestException as err:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({type(err).__name__}); start it "
+                "(`python -m dashboards.ui` or `mlflow server --host 127.0.0.1`) or fix tracking.uri / "
+                "MLFLOW_TRACKING_URI"
+            ) from err
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow SQLite store {uri}: folder {folder} does not exist or is not writable")
+
+
+def paper_acc1(cfg: Config) -> float | None:
+    """The paper's ImageNet top-1 for this exact setting, when it gives one (RECIPE.md): 90-epoch S/16 recipe
+    with the MLP head 76.5, with a linear head 76.7."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    recipe = (d.dataset == "imagenet" and m.variant == "S/16" and m.width in (None, 384) and m.pool == "gap"
+              and m.posemb == "sincos2d" and t.batch_size == 1024 and t.epochs == 90 and t.total_steps is None
+              and o.lr == 1e-3 and o.weight_decay == 1e-4 and d.randaug_layers == 2 and d.randaug_magnitude == 10
+              and d.mixup_alpha == 0.2 and m.parametrization == "sp")
+    if not recipe:
+        return None
+    return {"mlp": 76.5, "linear": 76.7}[m.head]
+
+
+def git_state(repo: Path) -> tuple[str, bool | None]:
+    """(commit, dirty) of `repo`; under `ray job submit` the working dir has no .git, so $MUPVIT_GIT_COMMIT
+    (set by the submit command) stands in."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("MUPVIT_GIT_COMMIT", "unknown"), None
+
+
+def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+def run_tags(cfg: Config, run_key: str, repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    commit, dirty = git_state(repo)
+    tags = {
+        RUN_KEY_TAG: run_key, "git_commit": commit, "git_dirty": str(dirty).lower(),
+        "dataset": cfg.data.dataset, "variant": str(cfg.model.variant), "parametrization": cfg.model.parametrization,
+        "head": cfg.model.head, "num_workers": str(cfg.cluster.num_workers), "devices": str(cfg.train.devices),
+        "use_gpu": str(cfg.cluster.use_gpu).lower(), **(extra or {}),
+    }
+    if cfg.tracking.ablation:
+        tags["ablation"] = cfg.tracking.ablation
+    reference = paper_acc1(cfg)
+    if reference is not None:
+        tags[PAPER_TAG] = str(reference)
+    return tags
+
+
+def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> Any | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=2)
+    return runs[0] if runs else None
+
+
+def open_run(client: MlflowClient, cfg: Config, run_key: str, repo: Path,
+             parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """The MLflow run of `run_key`: found by its tag (a resubmission) or created with params and tags.
+    Returns (run_id, status before this call: "NEW", "FINISHED", "FAILED", ...)."""
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        cfg.tracking.experiment, artifact_location=artifact_location(client.tracking_uri))
+    existing = find_run(client, experiment_id, run_key)
+    if existing is not None:
+        if existing.info.status != "FINISHED":
+            client.update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id, existing.info.status
+    tags = run_tags(cfg, run_key, repo, extra_tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_key, tags=tags)
+    params = [Param(k, v[:6000]) for k, v in flat_params(cfg.to_dict()).items()]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    return run.info.run_id, "NEW"
+
+
+class MlflowLogger(RunLogger):
+    """Rank 0's logger: every metric keyed by optimiser step, results and final numbers, config and console log
+    as artifacts. Talks to the run by id (no global active run), so it works in any Ray worker process."""
+
+    def __init__(self, uri: str, run_id: str, console_log: Path | None = None) -> None:
+        self.client, self.run_id, self.console_log = MlflowClient(uri), run_id, console_log
+
+    def start(self, config: dict[str, Any], info: dict[str, Any]) -> None:
+        import yaml
+
+        tags = [RunTag("total_steps", str(info["total_steps"])), RunTag("train_images", str(info["train_images"]))]
+        self.client.log_batch(self.run_id, tags=tags)
+        self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in values.items() if value is not None]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def end(self, summary: dict[str, Any]) -> None:
+        finals = {"final/wall_s": summary["wall_s"], "final/images_per_s": summary["images_per_s"]}
+        for split, values in summary.get("eval", {}).items():
+            finals.update({f"final/{split}/{k}": v for k, v in values.items()})
+        self.metrics(summary["steps"], finals)
+        if self.console_log is not None and self.console_log.exists():
+            self.client.log_artifact(self.run_id, str(self.console_log))

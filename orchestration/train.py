@@ -1,0 +1,164 @@
+"""Run one reproduction on Ray Train, recorded in MLflow.
+
+    python -m orchestration.train experiments/demo_digits.yaml [--set key=value ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m orchestration.train CONFIG
+
+Order of work, so that a bad request costs seconds and leaves nothing behind: config -> tracking store reachable
+-> Ray cluster can hold the workers -> dataset readable on a worker -> MLflow run (found again on resubmission)
+-> TorchTrainer.fit(). The run name is deterministic (config file stem + config hash, or tracking.run_name), so
+running the same command after a crash resumes from the latest checkpoint in cluster.storage_path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from mupvit.config import Config, ConfigError, load_config, validate
+from mupvit.data import DataError, build_splits
+from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
+from orchestration.tracking import TrackingError, check_reachable, is_local_store, open_run, tracking_uri
+from orchestration.worker import train_loop
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_KEYS = ("cluster.", "tracking.", "train.out_dir", "train.resume", "data.num_workers")
+
+
+def log(text: str) -> None:
+    print(f"orchestration: {text}", file=sys.stderr, flush=True)
+
+
+def prepare(cfg: Config, base_dir: Path) -> Config:
+    """Launch-time settings: workers = devices, absolute storage path, and checks that need no cluster."""
+    c = cfg.cluster
+    storage = c.storage_path if "://" in c.storage_path else str((base_dir / c.storage_path).resolve())
+    if c.fail_at_step is not None and "://" in storage:
+        raise ConfigError("cluster.fail_at_step: needs a local cluster.storage_path (it keeps a one-shot marker)")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=c.num_workers),
+                              cluster=dataclasses.replace(c, storage_path=storage))
+    validate(cfg)
+    return cfg
+
+
+def run_name(cfg: Config, config_path: str) -> str:
+    """tracking.run_name, else <config stem>-<hash of everything that changes the optimisation>."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    flat = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    tree = json.loads(flat)
+    for key in LAUNCH_KEYS:
+        section, _, leaf = key.rstrip(".").partition(".")
+        if leaf:
+            tree[section].pop(leaf, None)
+        else:
+            tree.pop(section, None)
+    digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{Path(config_path).stem}-{digest}"
+
+
+@ray.remote
+def _probe_data(config: dict[str, Any]) -> int:
+    """Runs where a worker would: the train split must be readable there."""
+    from mupvit.config import config_from_dict
+
+    cfg = config_from_dict(config)
+    return len(build_splits(cfg)[cfg.data.train_split])
+
+
+def check_data_on_worker(cfg: Config) -> int:
+    options = {"num_cpus": cfg.cluster.cpus_per_worker}
+    if cfg.cluster.use_gpu:
+        options["num_gpus"] = cfg.cluster.gpus_per_worker
+    try:
+        return ray.get(_probe_data.options(**options).remote(cfg.to_dict()))
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else err
+        raise DataError(f"on a worker node: {cause}") from None
+
+
+def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
+    """Everything after the config parsed: checks, MLflow run, Ray Train fit. Returns the summary."""
+    cfg = prepare(cfg, base_dir)
+    uri = tracking_uri(cfg, base_dir)
+    check_reachable(uri)
+    log(f"connecting: {connect(cfg)}")
+    check_capacity(cfg)
+    if node_count() > 1 and is_local_store(uri):
+        raise ConfigError(f"tracking.uri: {uri} is a file on this machine, but the cluster has {node_count()} "
+                          "nodes and workers elsewhere cannot write it; run `mlflow server` on the head node and "
+                          "set tracking.uri (or MLFLOW_TRACKING_URI) to http://<head>:5000")
+    num_train = check_data_on_worker(cfg)
+    validate(cfg, num_train=num_train)
+    name = run_name(cfg, config_path)
+    client = MlflowClient(uri)
+    run_id, before = open_run(client, cfg, name, REPO)
+    if before == "FINISHED":
+        log(f"run {name} already finished (MLflow run {run_id}); nothing to do")
+        return {"run_name": name, "mlflow_run_id": run_id, "already_finished": True, "tracking_uri": uri}
+    log(f"run {name}: MLflow run {run_id} ({'new' if before == 'NEW' else 'resumed, was ' + before}) in {uri}")
+    try:
+        wait_for_free_resources(cfg, log)
+        result = fit(cfg, name, run_id, uri)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    recorded = client.get_run(run_id).data.metrics  # the latest value of every metric, as MLflow shows it
+    return {**recorded, "checkpoint": result.checkpoint.path if result.checkpoint else None, "run_name": name,
+            "mlflow_run_id": run_id, "tracking_uri": uri}
+
+
+def fit(cfg: Config, name: str, run_id: str, uri: str) -> Any:
+    c = cfg.cluster
+    run_dir = Path(c.storage_path) / name if "://" not in c.storage_path else Path.home() / ".cache/mupvit" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir)},
+        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
+                                     resources_per_worker={"CPU": c.cpus_per_worker,
+                                                           **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
+        run_config=RunConfig(name=name, storage_path=c.storage_path,
+                             failure_config=FailureConfig(max_failures=c.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints)),
+    )
+    return trainer.fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="experiment YAML, e.g. experiments/demo_digits.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set cluster.num_workers=2 (repeatable)")
+    parser.add_argument("--summary-json", metavar="PATH", help="also write the final JSON summary to PATH")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        summary = launch(cfg, args.config, Path.cwd())
+    except (ConfigError, DataError, ClusterError, TrackingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ray.train.TrainingFailedError as err:
+        print(f"error: training failed after the allowed worker restarts: {err}", file=sys.stderr)
+        return 1
+    line = json.dumps(summary, default=str)
+    if args.summary_json:
+        Path(args.summary_json).write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
