@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/data_throughput.py --workers 2
+	$(PY) benchmarks/ray_overhead.py
 
 clean:
 	rm -rf $(VENV) runs ray_results mlflow.db

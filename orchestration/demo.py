@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val top-1 {100 * summary.get('final/val/acc1', float('nan')):.2f}%  "
           + "  ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(results.items())))
     print(f"MLflow run {summary['mlflow_run_id']} ({summary['run_name']}) in {summary['tracking_uri']}")
-    print("open the MLflow UI: make ui   (or: .venv/bin/mlflow ui --backend-store-uri "
-          f"{summary['tracking_uri']} --host 127.0.0.1 --port 5000)")
+    print(f"open the MLflow UI: {BIN / 'mlflow'} ui --backend-store-uri {summary['tracking_uri']} "
+          "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
     return 0
 
 

@@ -35,8 +35,12 @@ def tracking_uri(cfg: Config, base_dir: Path) -> str:
     return uri
 
 
-def is_local_store(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:"))
+def check_store_shared(uri: str, nodes: int) -> None:
+    """Workers on other nodes cannot write a SQLite file that lives on the driver's machine."""
+    if nodes > 1 and uri.startswith(("sqlite:", "file:")):
+        raise ConfigError(f"tracking.uri: {uri} is a file on this machine, but the cluster has {nodes} nodes and "
+                          "workers elsewhere cannot write it; run `mlflow server` on the head node and set "
+                          "tracking.uri (or MLFLOW_TRACKING_URI) to http://<head>:5000")
 
 
 def artifact_location(uri: str) -> str | None:

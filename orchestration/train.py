@@ -27,7 +27,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from mupvit.config import Config, ConfigError, load_config, validate
 from mupvit.data import DataError, build_splits
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
-from orchestration.tracking import TrackingError, check_reachable, is_local_store, open_run, tracking_uri
+from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,10 +93,7 @@ def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
     check_reachable(uri)
     log(f"connecting: {connect(cfg)}")
     check_capacity(cfg)
-    if node_count() > 1 and is_local_store(uri):
-        raise ConfigError(f"tracking.uri: {uri} is a file on this machine, but the cluster has {node_count()} "
-                          "nodes and workers elsewhere cannot write it; run `mlflow server` on the head node and "
-                          "set tracking.uri (or MLFLOW_TRACKING_URI) to http://<head>:5000")
+    check_store_shared(uri, node_count())
     num_train = check_data_on_worker(cfg)
     validate(cfg, num_train=num_train)
     name = run_name(cfg, config_path)

@@ -1,0 +1,104 @@
+"""The checks orchestration runs before any cluster work, tested without a cluster (seconds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mupvit.config import ConfigError, load_config
+from orchestration.cluster import ClusterError, check_capacity
+from orchestration.tracking import TrackingError, check_reachable, check_store_shared, tracking_uri
+from orchestration.train import prepare, run_name
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "experiments/demo_digits.yaml"
+
+
+def demo(*sets: str):
+    return load_config(DEMO, list(sets))
+
+
+def node(cpus: float, gpus: float = 0.0, alive: bool = True) -> dict:
+    return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+
+def test_run_name_is_deterministic_and_ignores_launch_settings():
+    name = run_name(demo(), str(DEMO))
+    assert name.startswith("demo_digits-") and name == run_name(demo(), str(DEMO))
+    for launch in ("cluster.num_workers=2", "tracking.experiment=x", "train.out_dir=/elsewhere",
+                   "data.num_workers=0", "cluster.storage_path=/shared"):
+        assert run_name(demo(launch), str(DEMO)) == name, launch
+    assert run_name(demo("optim.lr=1e-3"), str(DEMO)) != name
+    assert run_name(demo("tracking.run_name=mine"), str(DEMO)) == "mine"
+
+
+def test_tracking_uri_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(demo(), tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(demo(), tmp_path) == "http://127.0.0.1:5000"
+    assert tracking_uri(demo("tracking.uri=sqlite:///x/m.db"), tmp_path) == f"sqlite:///{tmp_path / 'x/m.db'}"
+    with pytest.raises(ConfigError, match="tracking.uri: 'mlruns' is a file path"):
+        tracking_uri(demo("tracking.uri=mlruns"), tmp_path)
+
+
+def test_unreachable_stores_fail_in_seconds(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError, match="http://127.0.0.1:9 is not reachable"):
+        check_reachable("http://127.0.0.1:9")
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(TrackingError, match="does not exist or is not writable"):
+        check_reachable(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    check_reachable(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_local_store_refused_on_a_multi_node_cluster():
+    check_store_shared("sqlite:////data/mlflow.db", nodes=1)
+    check_store_shared("http://head:5000", nodes=4)
+    with pytest.raises(ConfigError, match="cluster has 2 nodes.*mlflow server"):
+        check_store_shared("sqlite:////data/mlflow.db", nodes=2)
+
+
+@pytest.mark.parametrize("sets, nodes, message", [
+    (["cluster.use_gpu=true"], [node(16)], "the cluster has 0 GPU in all"),
+    (["cluster.num_workers=4", "cluster.cpus_per_worker=1"], [node(2)], "needs 4; lower cluster.num_workers"),
+    (["cluster.cpus_per_worker=2"], [node(1), node(1)], "only 0 worker(s)"),
+    (["cluster.num_workers=2", "cluster.cpus_per_worker=1"], [node(1), node(1, alive=False)], "has 1 CPU in all"),
+])
+def test_unsatisfiable_requests_fail_with_what_is_missing(sets, nodes, message):
+    with pytest.raises(ClusterError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_capacity(demo(*sets), nodes)
+
+
+def test_satisfiable_requests_pass():
+    check_capacity(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1"), [node(1), node(1)])
+    check_capacity(demo("cluster.use_gpu=true", "cluster.num_workers=8", "cluster.cpus_per_worker=8"),
+                   [node(64, gpus=8)])
+
+
+def test_prepare_sets_devices_and_absolute_storage(tmp_path):
+    cfg = prepare(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1"), tmp_path)
+    assert cfg.train.devices == 2 and cfg.cluster.storage_path == str(tmp_path / "ray_results")
+    assert prepare(demo("cluster.storage_path=s3://b/p"), tmp_path).cluster.storage_path == "s3://b/p"
+    with pytest.raises(ConfigError, match="train.batch_size: 128 is not divisible by train.devices"):
+        prepare(demo("cluster.num_workers=3"), tmp_path)
+    with pytest.raises(ConfigError, match="cluster.fail_at_step: needs a local"):
+        prepare(demo("cluster.fail_at_step=3", "cluster.storage_path=s3://b/p"), tmp_path)
+
+
+def test_bad_cluster_values_fail_in_config_validation():
+    with pytest.raises(ConfigError, match="cluster.num_workers: got 0"):
+        demo("cluster.num_workers=0")
+    with pytest.raises(ConfigError, match="cluster.max_failures: got -1"):
+        demo("cluster.max_failures=-1")
+
+
+def test_mupvit_imports_no_platform_packages():
+    code = ("import sys, mupvit.train, mupvit.coord_check, mupvit.parametrization, mupvit.evaluate\n"
+            "bad = sorted({'ray', 'mlflow', 'optuna', 'pandas'} & {m.split('.')[0] for m in sys.modules})\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
