@@ -1,0 +1,213 @@
+"""A µP width / learning-rate sweep on Ray Tune, tracked in MLflow, ending in µTransfer.
+
+    python -m orchestration.sweep experiments/sweeps/demo_mup_transfer.yaml
+    python -m orchestration.sweep SWEEP.yaml --transfer-to experiments/vit_s16_i1k_90ep.yaml [--launch]
+
+Everything is checked before the first trial (sweep file, every trial's config, tracking store, cluster room for
+max_concurrent trials); then one MLflow parent run for the sweep and one child run per trial. Running the same
+command after the driver died restores the Tune experiment (finished trials are kept, the searcher's state too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from mupvit.config import ConfigError, load_config, total_steps
+from mupvit.data import DataError
+from orchestration.cluster import ClusterError, connect, node_count
+from orchestration.sweep_spec import SweepSpec, load_sweep
+from orchestration.sweep_trial import sweep_trial
+from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run
+from orchestration.tracking import tracking_uri as resolve_tracking_uri
+from orchestration.train import REPO, check_data_on_worker, launch, log
+
+TABLE_KEYS = ("model.parametrization", "model.width", "optim.lr")
+
+
+def tune_space(spec: SweepSpec) -> dict[str, Any]:
+    """Grids become grid_search for the grid algorithm and categorical choices for random / Optuna."""
+    space = {}
+    for key, dom in spec.space.items():
+        (kind, values), = dom.items()
+        listed = [2.0 ** v for v in values] if kind == "log2_grid" else list(values)
+        if kind in ("grid", "log2_grid"):
+            space[key] = tune.grid_search(listed) if spec.algorithm == "grid" else tune.choice(listed)
+        elif kind == "choice":
+            space[key] = tune.choice(listed)
+        else:
+            space[key] = (tune.loguniform if kind == "loguniform" else tune.uniform)(*listed)
+    return space
+
+
+def search_algorithm(spec: SweepSpec):
+    if spec.algorithm == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=TPESampler(seed=spec.seed))
+    return BasicVariantGenerator(random_state=spec.seed if spec.algorithm == "random" else None)
+
+
+def scheduler(spec: SweepSpec, steps: int):
+    if spec.scheduler == "asha":
+        return ASHAScheduler(time_attr="step", max_t=steps, grace_period=spec.grace_period,
+                             reduction_factor=spec.reduction_factor)
+    return FIFOScheduler()
+
+
+def check_room(spec: SweepSpec) -> None:
+    """max_concurrent trials must fit at once, or Tune would wait forever for the rest."""
+    have = ray.cluster_resources()
+    for key, per_trial in (("CPU", spec.trial_cpus), ("GPU", spec.trial_gpus)):
+        need = spec.max_concurrent * per_trial
+        if need > have.get(key, 0.0):
+            raise ClusterError(f"max_concurrent={spec.max_concurrent} x trial_{key.lower()}s={per_trial:g} needs "
+                               f"{need:g} {key}s but the cluster has {have.get(key, 0.0):g}; lower max_concurrent "
+                               f"or trial_{key.lower()}s")
+
+
+def results_table(df: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: the searched values, the metric, the steps it ran, whether it diverged."""
+    columns = {f"config/{k}": k for k in spec.space}
+    out = df.rename(columns=columns)[[*columns.values(), spec.metric, "step", "trial_id"]].copy()
+    out["diverged"] = df["diverged"].fillna(0).astype(bool) if "diverged" in df else False
+    if "optim.lr" in out:
+        out["log2_lr"] = out["optim.lr"].map(lambda lr: round(math.log2(lr), 2))
+    return out.sort_values(list(columns.values())).reset_index(drop=True)
+
+
+def best_lr_table(table: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """Best learning rate per (parametrization, width), among the trials that did not diverge."""
+    groups = [k for k in ("model.parametrization", "model.width") if k in table]
+    ok = table[~table["diverged"]]
+    if ok.empty or "optim.lr" not in table:
+        return pd.DataFrame()
+    pick = ok.loc[ok.groupby(groups)[spec.metric].idxmin() if spec.mode == "min"
+                  else ok.groupby(groups)[spec.metric].idxmax()] if groups else ok.nsmallest(1, spec.metric)
+    return pick[[*groups, "optim.lr", "log2_lr", spec.metric]].reset_index(drop=True)
+
+
+def close_children(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """Trials that ASHA stopped leave their child run RUNNING: mark them finished and early-stopped."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    for child in children:
+        if child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, "early_stopped", "true")
+            client.set_terminated(child.info.run_id, "KILLED")
+
+
+def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) -> tuple[list[str], float]:
+    """The full-width reproduction's overrides: µP's best lr at the widest proxy, with the proxies' base width."""
+    rows = best[best["model.parametrization"] == "mup"] if "model.parametrization" in best else best
+    if rows.empty:
+        raise ConfigError("--transfer-to: the sweep has no finished µP trial to transfer from")
+    row = rows.sort_values("model.width").iloc[-1] if "model.width" in rows else rows.iloc[0]
+    lr = float(row["optim.lr"])
+    sets = [f"optim.lr={lr:.6g}", "model.parametrization=mup", f"model.base_width={base_width}"]
+    load_config(target, sets)  # the transferred config must be valid
+    return sets, lr
+
+
+def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
+    base = load_config(spec.base, spec.override_list())
+    uri = resolve_tracking_uri(base, base_dir)
+    check_reachable(uri)
+    log(f"connecting: {connect(base)}")
+    check_room(spec)
+    check_store_shared(uri, node_count())
+    check_data_on_worker(base)
+    steps = total_steps(base) if base.train.total_steps or base.data.num_train_examples else 10**9
+    client = MlflowClient(uri)
+    parent_id, before = open_run(client, base, f"sweep:{spec.name}", REPO,
+                                 extra_tags={"sweep": spec.name, "sweep_role": "parent", "search": spec.algorithm,
+                                             "scheduler": spec.scheduler})
+    client.log_artifact(parent_id, spec.path)
+    client.log_dict(parent_id, spec.space, "search_space.json")
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    storage = Path(base.cluster.storage_path)
+    storage = str(storage if storage.is_absolute() or "://" in str(storage) else (base_dir / storage).resolve())
+    path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
+    trainable = tune.with_resources(
+        tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO)),
+        {"cpu": spec.trial_cpus, **({"gpu": spec.trial_gpus} if spec.trial_gpus else {})})
+    if tune.Tuner.can_restore(path):
+        log(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent_id}, was {before})")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        trials = len(spec.points()) * spec.num_samples if spec.algorithm == "grid" else spec.num_samples
+        log(f"sweep {spec.name}: {trials} trial(s), MLflow parent run {parent_id} in {uri}")
+        tuner = tune.Tuner(
+            trainable, param_space=tune_space(spec),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_algorithm(spec),
+                                        scheduler=scheduler(spec, steps), num_samples=spec.num_samples,
+                                        max_concurrent_trials=spec.max_concurrent),
+            run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    table = results_table(grid.get_dataframe(), spec)
+    best = best_lr_table(table, spec)
+    close_children(client, experiment_id, parent_id)
+    client.log_text(parent_id, table.to_csv(index=False), "trials.csv")
+    client.log_text(parent_id, best.to_csv(index=False), "best_lr.csv")
+    client.set_terminated(parent_id, "FINISHED")
+    trial_steps = int(table["step"].fillna(0).sum())
+    client.log_metric(parent_id, "trial_steps", trial_steps)
+    return {"sweep": spec.name, "parent_run_id": parent_id, "tracking_uri": uri, "trials": len(table),
+            "trial_steps": trial_steps, "table": table, "best": best, "base_width": base.model.base_width}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="sweep file, e.g. experiments/sweeps/demo_mup_transfer.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fixed trial setting, e.g. --set train.total_steps=60 (repeatable)")
+    parser.add_argument("--transfer-to", metavar="CONFIG", help="print the full-width run with the best µP lr")
+    parser.add_argument("--launch", action="store_true", help="with --transfer-to: also run it (orchestration.train)")
+    parser.add_argument("--summary-json", metavar="PATH", help="write the sweep summary (JSON) to PATH")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_sweep(args.sweep, args.overrides)
+        if args.transfer_to:
+            load_config(args.transfer_to)
+        result = run_sweep(spec, Path.cwd())
+        print(f"\nsweep {spec.name}: {result['trials']} trials, {result['trial_steps']} trial-steps")
+        print(result["best"].to_string(index=False) if not result["best"].empty else "no trial finished")
+        summary = {k: v for k, v in result.items() if k not in ("table", "best")}
+        summary["best"] = result["best"].to_dict(orient="records")
+        if args.transfer_to:
+            sets, _ = transfer(spec, result["best"], args.transfer_to, result["base_width"])
+            flags = [arg for s in sets for arg in ("--set", s)]
+            command = ["python", "-m", "orchestration.train", args.transfer_to, *flags]
+            print("µTransfer: " + " ".join(command))
+            summary["transfer_command"] = command
+            if args.launch:
+                summary["transfer_run"] = launch(load_config(args.transfer_to, sets), args.transfer_to, Path.cwd())
+    except (ConfigError, DataError, ClusterError, TrackingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    line = json.dumps(summary, default=str)
+    if args.summary_json:
+        Path(args.summary_json).write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

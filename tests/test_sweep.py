@@ -1,0 +1,157 @@
+"""Sweeps: invalid files fail before any trial; a tiny Optuna + ASHA sweep on a real Ray head records a parent
+and one nested child run per trial; a sweep whose driver was killed resumes without duplicate runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mupvit.config import ConfigError
+from orchestration.local_cluster import cluster_env, start_head, stop_head
+from orchestration.sweep import search_algorithm, tune_space
+from orchestration.sweep_spec import load_sweep
+
+from .helpers import tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 16
+
+
+def write_sweep(folder: Path, digits_root: Path, **fields) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(digits_root, folder / "unused", **{
+        "train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": None, "data.eval_splits": [],
+        "train.ckpt_every": 4, "data.mixup_alpha": 0.0, "tracking.experiment": "sweeps", "model.base_width": 32})
+    (folder / "base.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    sweep = {"name": "tiny", "base": str(folder / "base.yaml"),
+             "space": {"model.width": {"grid": [32, 64]}, "optim.lr": {"log2_grid": [-8, 1]},
+                       "model.parametrization": {"choice": ["mup"]}},
+             "search": {"algorithm": "grid"}, "metric": "train/loss_avg", "mode": "min", "num_samples": 1,
+             "max_concurrent": 1, "trial_cpus": 1, **fields}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- invalid sweep files (no cluster needed)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"searh": {}}, "unknown key(s) searh"),
+    ({"space": {"optim.lr": {"grid": [0.001, 0.0]}}}, "learning rates must be > 0"),
+    ({"space": {"model.width": {"grid": [32, 40]}}}, "model.width=40): model.width: 40 is not a multiple of the head"),
+    ({"space": {"optim.lrr": {"grid": [0.1]}}}, "unknown key(s) lrr"),
+    ({"space": {"optim.lr": {"between": [1, 2]}}}, "expected one of {grid | log2_grid"),
+    ({"space": {"optim.lr": {"loguniform": [0.1, 0.01]}}}, "expected [low, high] with low < high"),
+    ({"search": {"algorithm": "bayes"}}, "search.algorithm: got 'bayes'"),
+    ({"scheduler": {"type": "asha", "grace_period": 16}}, "grace_period: 16 steps is not below the trials' 16"),
+    ({"base": "/nonexistent.yaml"}, "base: experiment file /nonexistent.yaml not found"),
+    ({"max_concurrent": 0}, "max_concurrent: got 0"),
+], ids=["unknown-key", "lr<=0", "width-off-rule", "unknown-config-key", "bad-domain", "bad-range", "bad-algorithm",
+        "grace-too-long", "missing-base", "no-concurrency"])
+def test_invalid_sweep_files_fail_before_any_trial(digits_root, tmp_path, fields, message):
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(tmp_path, digits_root, **fields))
+    assert message in str(info.value)
+
+
+def test_cli_refuses_an_invalid_sweep_in_seconds(digits_root, tmp_path):
+    path = write_sweep(tmp_path, digits_root, space={"optim.lr": {"grid": [-1.0]}})
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "learning rates must be > 0" in done.stderr
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_shipped_sweep_files_are_valid():
+    for path in sorted((REPO / "experiments/sweeps").glob("*.yaml")):
+        spec = load_sweep(path)
+        assert spec.name == path.stem and spec.space
+
+
+# ---------------------------------------------------------------- on a real Ray head
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    start_head(num_cpus=2, gcs_port=6393, dashboard_port=8269)
+    yield {**cluster_env(), "RAY_ADDRESS": "127.0.0.1:6393"}
+    stop_head()
+
+
+def sweep(folder: Path, path: Path, env: dict, *args: str, timeout: float = 400) -> dict:
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(path), *args], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def runs(folder: Path) -> tuple[list, list]:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    parents = [r for r in found if r.data.tags.get("sweep_role") == "parent"]
+    return parents, [r for r in found if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_tiny_optuna_asha_sweep(ray_env, digits_root, tmp_path):
+    path = write_sweep(tmp_path, digits_root, search={"algorithm": "optuna", "seed": 3}, num_samples=4,
+                       scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2})
+    summary = sweep(tmp_path, path, ray_env, "--transfer-to", str(REPO / "experiments/vit_s16_i1k_90ep.yaml"))
+    (parent,), children = runs(tmp_path)
+    assert len(children) == 4 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.data.tags["search"] == "optuna"
+    assert all(c.data.tags["sweep"] == "tiny" and c.data.tags["trial_id"] for c in children)
+    assert all(c.data.params["model.base_width"] == "32" for c in children)  # same params as a single run
+    # The Optuna searcher chose the trials: its seed reproduces them (TPE samples at random at first).
+    spec = load_sweep(path)
+    searcher = search_algorithm(spec)
+    searcher.set_search_properties("train/loss_avg", "min", tune_space(spec))
+    expected = [searcher.suggest(f"t{i}") for i in range(4)]
+    by_trial = sorted(children, key=lambda c: c.data.tags["trial_id"])
+    assert [(int(c.data.params["model.width"]), float(c.data.params["optim.lr"])) for c in by_trial] == \
+        [(e["model.width"], e["optim.lr"]) for e in expected]
+    # lr = 2 is deliberately bad: ASHA stops such a trial at its first rung unless it ran first.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = {c.info.run_id: max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss"))
+             for c in children}
+    stopped = [c for c in children if steps[c.info.run_id] < STEPS]
+    assert stopped and all(float(c.data.params["optim.lr"]) == 2.0 for c in stopped)
+    assert all(c.data.tags.get("early_stopped") == "true" for c in stopped)
+    assert summary["trial_steps"] < 4 * STEPS
+    assert "--set" in summary["transfer_command"] and "model.parametrization=mup" in summary["transfer_command"]
+
+
+@pytest.mark.slow
+def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, digits_root, tmp_path):
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
+                                                     "optim.lr": {"log2_grid": [-8, -7]}})
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while True:  # kill once one trial has finished and another has started
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        assert time.monotonic() < deadline
+        if (tmp_path / "mlflow.db").exists():
+            parents, children = runs(tmp_path)
+            if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
+                break
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    summary = sweep(tmp_path, path, ray_env)
+    (parent,), children = runs(tmp_path)
+    assert summary["trials"] == 4 and len(children) == 4  # no duplicate child runs
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
