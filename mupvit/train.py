@@ -251,6 +251,14 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     return summary
 
 
+def emit_summary(summary: dict[str, Any], path: str | None = None) -> None:
+    """The summary as one JSON line: the last line of stdout, and the whole of `path` when given."""
+    line = json.dumps(summary, default=str)
+    if path:
+        Path(path).write_text(line + "\n")
+    print(line)
+
+
 def param_groups_report(cfg: Config) -> str:
     """The model's parametrization and its optimiser groups, as --print-param-groups shows them."""
     model = ViT(cfg.model, cfg.data.image_size)
@@ -285,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    line = json.dumps({k: v for k, v in summary.items() if k != "eval"})
-    if args.summary_json:
-        Path(args.summary_json).write_text(line + "\n")
-    print(line)
+    emit_summary({k: v for k, v in summary.items() if k != "eval"}, args.summary_json)
     return 0
 
 

@@ -11,7 +11,6 @@ command after the driver died restores the Tune experiment (finished trials are 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mupvit.config import ConfigError, load_config, total_steps
 from mupvit.data import DataError
+from mupvit.train import emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial
@@ -202,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ClusterError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    line = json.dumps(summary, default=str)
-    if args.summary_json:
-        Path(args.summary_json).write_text(line + "\n")
-    print(line)
+    emit_summary(summary, args.summary_json)
     return 0
 
 

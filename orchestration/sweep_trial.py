@@ -17,8 +17,8 @@ from mupvit.logger import MultiLogger, RunLogger
 from mupvit.train import TrainingDiverged, run
 from orchestration.sweep_spec import with_trial_settings
 from orchestration.tracking import MlflowLogger, open_run
+from orchestration.worker import checkpoint_folder, fetch_checkpoint
 
-CHECKPOINT_FILE = "checkpoint.pt"
 LOSS_WINDOW = 20  # train/loss_avg: mean of the last logged train losses (a steadier metric than one batch)
 
 
@@ -40,9 +40,8 @@ class TuneReporter(RunLogger):
     def checkpoint(self, step: int, path: str | None) -> None:
         if path is None:
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy2(path, Path(tmp) / CHECKPOINT_FILE)
-            ray.tune.report({"step": step, **self.latest}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        with checkpoint_folder(path) as folder:
+            ray.tune.report({"step": step, **self.latest}, checkpoint=ray.tune.Checkpoint.from_directory(folder))
 
 
 def sweep_trial(params: dict[str, Any], *, spec, parent_run_id: str, tracking_uri: str, repo: str) -> None:
@@ -54,17 +53,15 @@ def sweep_trial(params: dict[str, Any], *, spec, parent_run_id: str, tracking_ur
     client = MlflowClient(tracking_uri)
     run_id, _ = open_run(client, cfg, f"{spec.name}/{trial_id}", Path(repo), parent_run_id=parent_run_id,
                          extra_tags={"sweep": spec.name, "trial_id": trial_id})
-    resume_from = None
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_from = local / CHECKPOINT_FILE
-            shutil.copy2(Path(folder) / CHECKPOINT_FILE, resume_from)
+    resume_from = fetch_checkpoint(ray.tune.get_checkpoint(), local)
     reporter = TuneReporter()
+    # Short flush interval: ASHA may stop the trial at any report, and what was not sent is lost.
+    tracker = MlflowLogger(tracking_uri, run_id, flush_every_s=2.0)
     try:
-        run(cfg, MultiLogger(MlflowLogger(tracking_uri, run_id), reporter), resume_from=resume_from)
+        run(cfg, MultiLogger(tracker, reporter), resume_from=resume_from)
     except TrainingDiverged as err:
         # A diverged trial is a result (this lr is too high), not an error that should stop the sweep.
+        tracker.flush()
         client.set_tag(run_id, "diverged", str(err))
         client.set_terminated(run_id, "FAILED")
         worst = math.inf if spec.mode == "min" else -math.inf

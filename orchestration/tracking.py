@@ -152,8 +152,11 @@ class MlflowLogger(RunLogger):
     """Rank 0's logger: every metric keyed by optimiser step, results and final numbers, config and console log
     as artifacts. Talks to the run by id (no global active run), so it works in any Ray worker process."""
 
-    def __init__(self, uri: str, run_id: str, console_log: Path | None = None) -> None:
+    def __init__(self, uri: str, run_id: str, console_log: Path | None = None, flush_every_s: float = 10.0) -> None:
         self.client, self.run_id, self.console_log = MlflowClient(uri), run_id, console_log
+        # Metrics are sent in batches (a SQLite write per logged step would cost more than a small model's step);
+        # every checkpoint flushes, and a resumed run re-logs whatever it lost after its checkpoint.
+        self.flush_every_s, self.pending, self.last_flush = flush_every_s, [], time.monotonic()
 
     def start(self, config: dict[str, Any], info: dict[str, Any]) -> None:
         import yaml
@@ -164,14 +167,23 @@ class MlflowLogger(RunLogger):
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in values.items() if value is not None]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self.pending += [Metric(key, float(value), now, step) for key, value in values.items() if value is not None]
+        if time.monotonic() - self.last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending, self.last_flush = [], time.monotonic()
+
+    def checkpoint(self, step: int, path: str | None) -> None:
+        self.flush()
 
     def end(self, summary: dict[str, Any]) -> None:
         finals = {"final/wall_s": summary["wall_s"], "final/images_per_s": summary["images_per_s"]}
         for split, values in summary.get("eval", {}).items():
             finals.update({f"final/{split}/{k}": v for k, v in values.items()})
         self.metrics(summary["steps"], finals)
+        self.flush()
         if self.console_log is not None and self.console_log.exists():
             self.client.log_artifact(self.run_id, str(self.console_log))

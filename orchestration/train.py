@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from mupvit.config import Config, ConfigError, load_config, validate
 from mupvit.data import DataError, build_splits
+from mupvit.train import emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -150,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as err:
         print(f"error: training failed after the allowed worker restarts: {err}", file=sys.stderr)
         return 1
-    line = json.dumps(summary, default=str)
-    if args.summary_json:
-        Path(args.summary_json).write_text(line + "\n")
-    print(line)
+    emit_summary(summary, args.summary_json)
     return 0
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,6 +21,26 @@ from mupvit.train import run
 from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:
+    """Copy the mupvit checkpoint inside a Ray (Train or Tune) checkpoint into `local`; None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        target = local / CHECKPOINT_FILE
+        shutil.copy2(Path(folder) / CHECKPOINT_FILE, target)
+    return target
+
+
+@contextmanager
+def checkpoint_folder(path: str, **notes: str) -> Iterator[str]:
+    """A temporary folder holding the checkpoint file (plus small text notes), for Ray to persist."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(path, Path(tmp) / CHECKPOINT_FILE)
+        for name, text in notes.items():
+            (Path(tmp) / name).write_text(text)
+        yield tmp
 
 
 class InjectedFailure(RuntimeError):
@@ -42,10 +64,8 @@ class RayReporter(RunLogger):
         if path is None:
             ray.train.report({"step": step, **self.latest}, checkpoint=None)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy2(path, Path(tmp) / CHECKPOINT_FILE)
-            (Path(tmp) / "mlflow_run_id").write_text(self.run_id)  # the run this checkpoint belongs to
-            ray.train.report({"step": step, **self.latest}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        with checkpoint_folder(path, mlflow_run_id=self.run_id) as folder:  # the run this checkpoint belongs to
+            ray.train.report({"step": step, **self.latest}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 class FailOnce(RunLogger):
@@ -84,12 +104,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     run_dir = Path(loop_config["run_dir"])
     local = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(local), resume=False))
-    resume_from = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_from = local / CHECKPOINT_FILE
-            shutil.copy2(Path(folder) / CHECKPOINT_FILE, resume_from)
+    resume_from = fetch_checkpoint(ray.train.get_checkpoint(), local)
     loggers: list[RunLogger] = [RayReporter(rank, loop_config["run_id"])]
     console = None
     if rank == 0:

@@ -151,8 +151,7 @@ def test_worker_failure_restarts_from_checkpoint_and_loses_nothing(ray_env, digi
     assert run.info.status == "FINISHED"
     history = loss_history(tmp_path, run.info.run_id)
     assert sorted(history) == list(range(1, STEPS + 1))
-    assert all(len(set(values)) == 1 for values in history.values())  # re-logged steps 5, 6 carry the same values
-    assert max(len(v) for v in history.values()) == 2
+    assert all(len(set(values)) == 1 for values in history.values())  # any re-logged step carries the same values
     a, b = final_model(summary), final_model(ref)
     for key, tensor in a.items():
         assert torch.equal(tensor, b[key]), key

@@ -133,7 +133,7 @@ def test_tiny_optuna_asha_sweep(ray_env, digits_root, tmp_path):
         [(e["model.width"], e["optim.lr"]) for e in expected]
     # lr = 2 is deliberately bad: ASHA stops such a trial at its first rung unless it ran first.
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    steps = {c.info.run_id: max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss"))
+    steps = {c.info.run_id: max((m.step for m in client.get_metric_history(c.info.run_id, "train/loss")), default=0)
              for c in children}
     stopped = [c for c in children if steps[c.info.run_id] < STEPS]
     assert stopped and all(float(c.data.params["optim.lr"]) == 2.0 for c in stopped)
