@@ -99,11 +99,17 @@ def best_lr_table(table: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
     return pick[[*groups, "optim.lr", "log2_lr", spec.metric]].reset_index(drop=True)
 
 
-def close_children(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
-    """Trials that ASHA stopped leave their child run RUNNING: mark them finished and early-stopped."""
+def close_children(client: MlflowClient, experiment_id: str, parent_id: str, last_steps: dict[str, int],
+                   steps: int) -> None:
+    """Trials that Tune stopped leave their child run RUNNING: those ASHA cut short are marked early-stopped
+    (KILLED), those stopped at their final step (ASHA's max_t) finished."""
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     for child in children:
-        if child.info.status == "RUNNING":
+        if child.info.status != "RUNNING":
+            continue
+        if last_steps.get(child.data.tags.get("trial_id", ""), 0) >= steps:
+            client.set_terminated(child.info.run_id, "FINISHED")
+        else:
             client.set_tag(child.info.run_id, "early_stopped", "true")
             client.set_terminated(child.info.run_id, "KILLED")
 
@@ -162,7 +168,8 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         raise
     table = results_table(grid.get_dataframe(), spec)
     best = best_lr_table(table, spec)
-    close_children(client, experiment_id, parent_id)
+    close_children(client, experiment_id, parent_id, dict(zip(table["trial_id"], table["step"].fillna(0), strict=True)),
+                   steps)
     client.log_text(parent_id, table.to_csv(index=False), "trials.csv")
     client.log_text(parent_id, best.to_csv(index=False), "best_lr.csv")
     client.set_terminated(parent_id, "FINISHED")

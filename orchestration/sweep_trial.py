@@ -23,10 +23,12 @@ LOSS_WINDOW = 20  # train/loss_avg: mean of the last logged train losses (a stea
 
 
 class TuneReporter(RunLogger):
-    """Reports every logged step to Tune with the latest eval numbers and a running-mean train loss; checkpoints
-    travel with the report, so a restored trial resumes from its last one."""
+    """Reports to Tune every `every` logged steps and at each eval, with the latest eval numbers and a running-mean
+    train loss; checkpoints travel with the report, so a restored trial resumes from its last one. MLflow is
+    flushed before each report: ASHA may stop the trial at any report, and what was not sent would be lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: MlflowLogger, every: int = 5) -> None:
+        self.tracker, self.every, self.logged = tracker, every, 0
         self.latest: dict[str, Any] = {}
         self.losses: deque[float] = deque(maxlen=LOSS_WINDOW)
 
@@ -34,12 +36,16 @@ class TuneReporter(RunLogger):
         if "train/loss" in values:
             self.losses.append(values["train/loss"])
             self.latest["train/loss_avg"] = sum(self.losses) / len(self.losses)
+            self.logged += 1
         self.latest.update(values)
-        ray.tune.report({"step": step, **self.latest})
+        if self.logged % self.every == 0 or any(not k.startswith("train/") for k in values):
+            self.tracker.flush()
+            ray.tune.report({"step": step, **self.latest})
 
     def checkpoint(self, step: int, path: str | None) -> None:
         if path is None:
             return
+        self.tracker.flush()
         with checkpoint_folder(path) as folder:
             ray.tune.report({"step": step, **self.latest}, checkpoint=ray.tune.Checkpoint.from_directory(folder))
 
@@ -54,9 +60,8 @@ def sweep_trial(params: dict[str, Any], *, spec, parent_run_id: str, tracking_ur
     run_id, _ = open_run(client, cfg, f"{spec.name}/{trial_id}", Path(repo), parent_run_id=parent_run_id,
                          extra_tags={"sweep": spec.name, "trial_id": trial_id})
     resume_from = fetch_checkpoint(ray.tune.get_checkpoint(), local)
-    reporter = TuneReporter()
-    # Short flush interval: ASHA may stop the trial at any report, and what was not sent is lost.
-    tracker = MlflowLogger(tracking_uri, run_id, flush_every_s=2.0)
+    tracker = MlflowLogger(tracking_uri, run_id)
+    reporter = TuneReporter(tracker)
     try:
         run(cfg, MultiLogger(tracker, reporter), resume_from=resume_from)
     except TrainingDiverged as err:
