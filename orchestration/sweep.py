@@ -24,14 +24,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mupvit.config import ConfigError, load_config, total_steps
-from mupvit.data import DataError
 from mupvit.train import emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial
-from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run
+from orchestration.tracking import check_reachable, check_store_shared, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
-from orchestration.train import REPO, check_data_on_worker, launch, log
+from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log, prepare
 
 TABLE_KEYS = ("model.parametrization", "model.width", "optim.lr")
 
@@ -127,7 +126,7 @@ def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) 
 
 
 def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
-    base = load_config(spec.base, spec.override_list())
+    base = prepare(load_config(spec.base, spec.override_list()), base_dir)  # absolute storage path, as single runs
     uri = resolve_tracking_uri(base, base_dir)
     check_reachable(uri)
     log(f"connecting: {connect(base)}")
@@ -142,8 +141,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     client.log_artifact(parent_id, spec.path)
     client.log_dict(parent_id, spec.space, "search_space.json")
     experiment_id = client.get_run(parent_id).info.experiment_id
-    storage = Path(base.cluster.storage_path)
-    storage = str(storage if storage.is_absolute() or "://" in str(storage) else (base_dir / storage).resolve())
+    storage = base.cluster.storage_path
     path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO)),
@@ -206,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["transfer_command"] = command
             if args.launch:
                 summary["transfer_run"] = launch(load_config(args.transfer_to, sets), args.transfer_to, Path.cwd())
-    except (ConfigError, DataError, ClusterError, TrackingError) as err:
+    except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     emit_summary(summary, args.summary_json)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class SweepSpec:
     trial_cpus: float = 1.0
     trial_gpus: float = 0.0
     path: str = ""
-    raw: dict[str, Any] = field(default_factory=dict)
 
     def override_list(self, extra: dict[str, Any] | None = None) -> list[str]:
         merged = {**self.overrides, **(extra or {})}
@@ -119,8 +118,7 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         reduction_factor=float(sched.get("reduction_factor", 3)), metric=raw.get("metric", "train/loss_avg"),
         mode=raw.get("mode", "min"), num_samples=int(raw.get("num_samples", 1)),
         max_concurrent=int(raw.get("max_concurrent", 1)), trial_cpus=float(raw.get("trial_cpus", 1)),
-        trial_gpus=float(raw.get("trial_gpus", 0)), path=p,
-        raw=raw)
+        trial_gpus=float(raw.get("trial_gpus", 0)), path=p)
     _check(spec)
     return spec
 

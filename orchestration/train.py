@@ -32,6 +32,8 @@ from orchestration.tracking import TrackingError, check_reachable, check_store_s
 from orchestration.worker import train_loop
 
 REPO = Path(__file__).resolve().parent.parent
+# Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
+INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
 LAUNCH_KEYS = ("cluster.", "tracking.", "train.out_dir", "train.resume", "data.num_workers")
 
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = launch(cfg, args.config, Path.cwd())
-    except (ConfigError, DataError, ClusterError, TrackingError) as err:
+    except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ray.train.TrainingFailedError as err:

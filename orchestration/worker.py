@@ -51,8 +51,8 @@ class RayReporter(RunLogger):
     """Hands each checkpoint to Ray Train (which persists it to storage) and reports eval metrics, so that a
     restarted worker group and Tune's schedulers see them. Called identically on every rank."""
 
-    def __init__(self, rank: int, run_id: str) -> None:
-        self.rank, self.run_id = rank, run_id
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         self.latest: dict[str, Any] = {}
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
@@ -105,7 +105,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     local = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(local), resume=False))
     resume_from = fetch_checkpoint(ray.train.get_checkpoint(), local)
-    loggers: list[RunLogger] = [RayReporter(rank, loop_config["run_id"])]
+    loggers: list[RunLogger] = [RayReporter(loop_config["run_id"])]
     console = None
     if rank == 0:
         console = (run_dir / "console.log").open("a")
