@@ -27,7 +27,7 @@ from mupvit.config import ConfigError, load_config, total_steps
 from mupvit.train import emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.sweep_spec import SweepSpec, load_sweep
-from orchestration.sweep_trial import sweep_trial
+from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_reachable, check_store_shared, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log, prepare
@@ -144,8 +144,8 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     storage = base.cluster.storage_path
     path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO)),
-        {"cpu": spec.trial_cpus, **({"gpu": spec.trial_gpus} if spec.trial_gpus else {})})
+        tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
+                             storage=storage), trial_resources(spec))
     if tune.Tuner.can_restore(path):
         log(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent_id}, was {before})")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
@@ -156,7 +156,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
             trainable, param_space=tune_space(spec),
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_algorithm(spec),
                                         scheduler=scheduler(spec, steps), num_samples=spec.num_samples,
-                                        max_concurrent_trials=spec.max_concurrent),
+                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     try:
@@ -173,8 +173,11 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     client.set_terminated(parent_id, "FINISHED")
     trial_steps = int(table["step"].fillna(0).sum())
     client.log_metric(parent_id, "trial_steps", trial_steps)
+    for failed in grid.errors:  # a trial that crashed (not one that diverged: that one is a result)
+        log(f"a trial failed: {failed}")
     return {"sweep": spec.name, "parent_run_id": parent_id, "tracking_uri": uri, "trials": len(table),
-            "trial_steps": trial_steps, "table": table, "best": best, "base_width": base.model.base_width}
+            "errored": grid.num_errors, "trial_steps": trial_steps, "table": table, "best": best,
+            "base_width": base.model.base_width}
 
 
 def main(argv: list[str] | None = None) -> int:

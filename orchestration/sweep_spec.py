@@ -13,8 +13,9 @@
     mode: min
     num_samples: 1                            # per grid point (grid), or trials drawn (random, optuna)
     max_concurrent: 1
-    trial_cpus: 2                             # CPUs of one trial (its training runs in the trial process)
-    trial_gpus: 0                             # GPUs of one trial (the trial's device)
+    trial_cpus: 2                             # CPUs of one trial (all its workers together)
+    trial_gpus: 0                             # GPUs of one trial (all its workers together)
+    trial_workers: 1                          # > 1: each trial is a data-parallel Ray Train run of that many workers
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ DOMAINS = ("grid", "log2_grid", "choice", "loguniform", "uniform")
 ALGORITHMS = ("grid", "random", "optuna")
 SCHEDULERS = ("none", "asha")
 TOP_KEYS = {"name", "base", "overrides", "space", "search", "scheduler", "metric", "mode", "num_samples",
-            "max_concurrent", "trial_cpus", "trial_gpus"}
+            "max_concurrent", "trial_cpus", "trial_gpus", "trial_workers"}
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SweepSpec:
     max_concurrent: int = 1
     trial_cpus: float = 1.0
     trial_gpus: float = 0.0
+    trial_workers: int = 1
     path: str = ""
 
     def override_list(self, extra: dict[str, Any] | None = None) -> list[str]:
@@ -118,7 +120,7 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         reduction_factor=float(sched.get("reduction_factor", 3)), metric=raw.get("metric", "train/loss_avg"),
         mode=raw.get("mode", "min"), num_samples=int(raw.get("num_samples", 1)),
         max_concurrent=int(raw.get("max_concurrent", 1)), trial_cpus=float(raw.get("trial_cpus", 1)),
-        trial_gpus=float(raw.get("trial_gpus", 0)), path=p)
+        trial_gpus=float(raw.get("trial_gpus", 0)), trial_workers=int(raw.get("trial_workers", 1)), path=p)
     _check(spec)
     return spec
 
@@ -132,11 +134,15 @@ def _check(spec: SweepSpec) -> None:
     if spec.mode not in ("min", "max"):
         raise _fail(p, f"mode: got {spec.mode!r}, expected min or max")
     for key, value in (("num_samples", spec.num_samples), ("max_concurrent", spec.max_concurrent),
-                       ("trial_cpus", spec.trial_cpus), ("scheduler.grace_period", spec.grace_period)):
+                       ("trial_cpus", spec.trial_cpus), ("trial_workers", spec.trial_workers),
+                       ("scheduler.grace_period", spec.grace_period)):
         if value <= 0:
             raise _fail(p, f"{key}: got {value}, expected a positive number")
     if spec.trial_gpus < 0:
         raise _fail(p, f"trial_gpus: got {spec.trial_gpus}, expected >= 0")
+    if spec.trial_workers > 1 and spec.trial_gpus and spec.trial_gpus % spec.trial_workers:
+        raise _fail(p, f"trial_gpus: {spec.trial_gpus:g} GPUs do not split evenly over trial_workers="
+                       f"{spec.trial_workers}; give each worker whole GPUs")
     if spec.scheduler == "asha" and spec.reduction_factor <= 1:
         raise _fail(p, f"scheduler.reduction_factor: got {spec.reduction_factor}, expected > 1")
     if not spec.space:

@@ -118,18 +118,25 @@ def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
             "mlflow_run_id": run_id, "tracking_uri": uri}
 
 
-def fit(cfg: Config, name: str, run_id: str, uri: str) -> Any:
+def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | None = None) -> Any:
+    """TorchTrainer.fit() of the run `name`. Inside a sweep trial (`sweep`: report_every, metric, mode) its
+    workers' reports also reach Tune, so ASHA sees them."""
     c = cfg.cluster
     run_dir = Path(c.storage_path) / name if "://" not in c.storage_path else Path.home() / ".cache/mupvit" / name
     run_dir.mkdir(parents=True, exist_ok=True)
+    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir)}
+    callbacks = []
+    if sweep is not None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        loop_config["sweep"], callbacks = sweep, [TuneReportCallback()]
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir)},
+        train_loop, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
                                      resources_per_worker={"CPU": c.cpus_per_worker,
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
-        run_config=RunConfig(name=name, storage_path=c.storage_path,
+        run_config=RunConfig(name=name, storage_path=c.storage_path, callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=c.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints)),
     )

@@ -4,12 +4,15 @@ Ray Train (every rank, since `ray.train.report` is a barrier) and record the run
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
 import ray.train
@@ -17,10 +20,11 @@ import ray.train.torch
 
 from mupvit.config import config_from_dict
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
-from mupvit.train import run
+from mupvit.train import TrainingDiverged, run
 from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_WINDOW = 20  # train/loss_avg: mean of the last logged train losses (a steadier sweep metric than one batch)
 
 
 def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:
@@ -48,24 +52,54 @@ class InjectedFailure(RuntimeError):
 
 
 class RayReporter(RunLogger):
-    """Hands each checkpoint to Ray Train (which persists it to storage) and reports eval metrics, so that a
-    restarted worker group and Tune's schedulers see them. Called identically on every rank."""
+    """Reports to Ray through `api` (ray.train in Train workers, ray.tune in a Tune function trial): each eval,
+    each checkpoint (which travels with the report, so a restarted worker group or trial resumes from it), and,
+    when `every` > 0, every `every` logged steps with a running-mean train loss, so ASHA can stop a sweep trial.
+    `before_report` runs first (the MLflow flush: a trial stopped at a report keeps what it logged). Called
+    identically on every rank, since ray.train.report is a barrier; only rank 0 has a checkpoint path."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, api: ModuleType, *, every: int = 0, before_report: Callable[[], None] = lambda: None,
+                 notes: dict[str, str] | None = None) -> None:
+        self.api, self.every, self.before_report, self.notes = api, every, before_report, notes or {}
         self.latest: dict[str, Any] = {}
+        self.losses: deque[float] = deque(maxlen=LOSS_WINDOW)
+        self.logged = 0
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        if any(not k.startswith("train/") for k in values):  # an eval: report it (Tune/ASHA read these)
+        evaluated = any(not k.startswith("train/") for k in values)
+        if "train/loss" in values:
+            self.losses.append(values["train/loss"])
+            self.logged += 1
+        if self.every:
+            self.latest.update(values)
+            if self.losses:
+                self.latest["train/loss_avg"] = sum(self.losses) / len(self.losses)
+        elif evaluated:
             self.latest.update({k: v for k, v in values.items() if not k.startswith("train/")})
-            ray.train.report({"step": step, **self.latest})
+        if evaluated or (self.every and "train/loss" in values and self.logged % self.every == 0):
+            self.report(step)
 
     def checkpoint(self, step: int, path: str | None) -> None:
         if path is None:
-            ray.train.report({"step": step, **self.latest}, checkpoint=None)
+            self.report(step)
             return
-        with checkpoint_folder(path, mlflow_run_id=self.run_id) as folder:  # the run this checkpoint belongs to
-            ray.train.report({"step": step, **self.latest}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        with checkpoint_folder(path, **self.notes) as folder:
+            self.report(step, self.api.Checkpoint.from_directory(folder))
+
+    def report(self, step: int, checkpoint: Any = None, **extra: float) -> None:
+        self.before_report()
+        self.api.report({"step": step, **self.latest, **extra}, checkpoint=checkpoint)
+
+
+def record_divergence(err: TrainingDiverged, reporter: RayReporter, tracker: MlflowLogger | None, metric: str,
+                      mode: str) -> None:
+    """A diverged sweep trial is a result (its lr is too high), not an error that should stop the sweep: the
+    MLflow run ends FAILED with a `diverged` tag and Tune gets the worst value of the metric."""
+    if tracker is not None:
+        tracker.flush()
+        tracker.client.set_tag(tracker.run_id, "diverged", str(err))
+        tracker.client.set_terminated(tracker.run_id, "FAILED")
+    reporter.report(0, **{metric: math.inf if mode == "min" else -math.inf, "diverged": 1.0})
 
 
 class FailOnce(RunLogger):
@@ -98,24 +132,33 @@ class Tee:
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: resume from Ray's latest checkpoint, else start, and train."""
+    """Ray Train's train_loop_per_worker: resume from Ray's latest checkpoint, else start, and train. A sweep
+    trial's workers (loop_config["sweep"]: report_every, metric, mode) report more often and record divergence."""
     cfg = config_from_dict(loop_config["config"])
+    sweep = loop_config.get("sweep")
     rank = ray.train.get_context().get_world_rank()
     run_dir = Path(loop_config["run_dir"])
     local = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(local), resume=False))
     resume_from = fetch_checkpoint(ray.train.get_checkpoint(), local)
-    loggers: list[RunLogger] = [RayReporter(loop_config["run_id"])]
+    tracker = MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], run_dir / "console.log") \
+        if rank == 0 else None
+    reporter = RayReporter(ray.train, every=sweep["report_every"] if sweep else 0,
+                           before_report=tracker.flush if tracker else lambda: None,
+                           notes={"mlflow_run_id": loop_config["run_id"]})  # the run this checkpoint belongs to
+    loggers: list[RunLogger] = [reporter]
     console = None
     if rank == 0:
         console = (run_dir / "console.log").open("a")
-        loggers = [ConsoleLogger(Tee(sys.stderr, console)),
-                   MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], run_dir / "console.log"),
-                   *loggers]
+        loggers = [ConsoleLogger(Tee(sys.stderr, console)), tracker, reporter]
         if cfg.cluster.fail_at_step is not None:
             loggers.append(FailOnce(cfg.cluster.fail_at_step, run_dir / "injected_failure.done"))
     try:
         run(cfg, MultiLogger(*loggers), device=ray.train.torch.get_device(), resume_from=resume_from)
+    except TrainingDiverged as err:
+        if not sweep:
+            raise
+        record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
     finally:
         if console is not None:
             console.close()

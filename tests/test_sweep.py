@@ -147,8 +147,9 @@ def test_tiny_optuna_asha_sweep(ray_env, digits_root, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, digits_root, tmp_path):
+    # Two trials at a time write to the one SQLite store (MLflow's "database is locked" trap) while the driver dies.
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
-                                                     "optim.lr": {"log2_grid": [-8, -7]}})
+                                                     "optim.lr": {"log2_grid": [-8, -7]}}, max_concurrent=2)
     env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -167,5 +168,27 @@ def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, dig
     driver.wait()
     summary = sweep(tmp_path, path, ray_env)
     (parent,), children = runs(tmp_path)
-    assert summary["trials"] == 4 and len(children) == 4  # no duplicate child runs
+    assert summary["trials"] == 4 and len(children) == 4 and summary["errored"] == 0  # no duplicate child runs
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env, digits_root, tmp_path):
+    """Each trial is a 2-worker Ray Train run inside the Tune trial (Train V2 in Tune): the bad lr is stopped
+    early, and the trial after it still gets the cluster's CPUs, so the stopped trial's workers were released."""
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
+                                                     "optim.lr": {"log2_grid": [-8, 1, -8]}},
+                       scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
+                       trial_workers=2, trial_cpus=2)
+    summary = sweep(tmp_path, path, ray_env)
+    (parent,), children = runs(tmp_path)
+    assert summary["trials"] == 3 and len(children) == 3 and summary["errored"] == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    good, bad, again = sorted(children, key=lambda c: c.info.start_time)  # one trial at a time, in grid order
+    steps = [max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in (good, bad, again)]
+    assert all(c.data.tags["devices"] == "2" and c.data.params["cluster.num_workers"] == "2" for c in children)
+    assert float(bad.data.params["optim.lr"]) == 2.0 and bad.data.tags.get("early_stopped") == "true"
+    # The good lr's trials run to the end (ASHA lets a trial equal to the best through); the one after the
+    # stopped trial could only start once the stopped trial's workers gave their CPUs back.
+    assert steps == [STEPS, steps[1], STEPS] and steps[1] < STEPS
+    assert again.info.status == "FINISHED"
