@@ -14,18 +14,14 @@ import sys
 from pathlib import Path
 
 from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
-from orchestration.tracking import git_state
+from orchestration.train_job import train_job_command, train_job_env
 
 
 def submit_command(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path) -> list[str]:
-    commit, dirty = git_state(root)
-    env_vars = {"MUPVIT_GIT_COMMIT": commit + ("-dirty" if dirty else ""),
-                "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    env_vars = train_job_env(root, f"sqlite:///{root / 'mlflow.db'}")
     sets = [f"cluster.storage_path={root / 'ray_results'}", *overrides]
     return [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(dashboard_port), "--working-dir", str(root),
-            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
-            "python", "-m", "orchestration.train", config, "--summary-json", str(summary),
-            *[arg for s in sets for arg in ("--set", s)]]
+            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *train_job_command(config, sets, summary)]
 
 
 def main(argv: list[str] | None = None) -> int:
