@@ -4,7 +4,7 @@ finds the grid's best learning rate (within one log2 grid step) for each (parame
 Runs the grid sweep (a finished one is restored, not rerun) and an Optuna TPE + ASHA variant of it with half the
 trials, both through `python -m orchestration.sweep`, then compares their MLflow results:
 
-    python benchmarks/sweep_efficiency.py                       # ~30 min on 2 CPU cores
+    python benchmarks/sweep_efficiency.py                       # ~35 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def best_log2(summary: dict) -> dict[tuple[str, int], float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", default=str(REPO / "experiments/sweeps/demo_mup_transfer.yaml"))
-    parser.add_argument("--samples", type=int, default=21, help="Optuna trials (the grid has 42)")
+    parser.add_argument("--samples", type=int, default=15, help="Optuna trials (the grid has 30)")
     parser.add_argument("--grace", type=int, default=30, help="ASHA grace period in steps")
     parser.add_argument("--reduction", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
