@@ -1,0 +1,142 @@
+"""The report's run tables as DataFrames, accuracies in percent: the reproduction table (one row per training
+run) and the ablation table in the paper's layout (rows: the recipe and each single change; columns: epochs)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dashboards.runs import Histories, epoch_results, eval_split, model_width, number, text
+from mupvit.train import epoch_label, result_name
+from orchestration.tracking import PAPER_TAG
+
+# The contract with experiments/ablations/ (tag `ablation`): name -> the change, as the paper's table words it.
+ABLATIONS = {
+    "recipe": "the recipe (paper: \"our improvements\")",
+    "head_linear": "head: MLP -> linear",
+    "pool_cls": "pooling: global average -> [cls] token",
+    "posemb_learned": "position embedding: sincos2d -> learned",
+    "no_randaug_mixup": "no RandAugment, no MixUp",
+    "batch_4096": "batch size: 1024 -> 4096",
+}
+# Paper top-1 (%) by (ablation, epochs), only the numbers RECIPE.md records; 300 epochs is "~80".
+PAPER_ABLATIONS = {("recipe", 90.0): 76.5, ("head_linear", 90.0): 76.7, ("recipe", 300.0): 80.0}
+PAPER_EPOCHS = 90.0  # mupvit.paper_acc1 is a 90-epoch number: the difference column compares top-1 there
+
+
+def percent(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * fraction, 2)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value)
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def top1_column(epochs: float) -> str:
+    return f"top-1 @{epoch_label(epochs)}ep (%)"
+
+
+def top5_column(epochs: float) -> str:
+    return f"top-5 @{epoch_label(epochs)}ep (%)"
+
+
+def value_at(history: pd.DataFrame, step: int | None) -> float | None:
+    """The history's value at `step` (None when it was not logged there)."""
+    if step is None or history.empty:
+        return None
+    match = history.loc[history["step"] == step, "value"]
+    return number(match.iloc[-1]) if len(match) else None
+
+
+def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that are neither a sweep parent nor a sweep trial, oldest first."""
+    return runs[runs["role"] == "training"].sort_values(["experiment", "start_time"])
+
+
+def _results(run: pd.Series, histories: Histories) -> dict[str, float | None]:
+    """top-1 and top-5 at each N-epoch-equivalent; top-5 from the first eval split at acc1_at_<N>ep's step."""
+    split = eval_split(run)
+    acc5 = histories.get(run["run_id"], f"{split}/acc5") if split else pd.DataFrame(columns=["step", "value"])
+    cells: dict[str, float | None] = {}
+    for epochs, key in epoch_results(run).items():
+        history = histories.get(run["run_id"], key)
+        step = int(history["step"].iloc[-1]) if not history.empty else None
+        cells[top1_column(epochs)] = percent(number(run[f"metrics.{key}"]))
+        cells[top5_column(epochs)] = percent(value_at(acc5, step))
+    return cells
+
+
+def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame:
+    """One row per training run: its setting, budget, speed, top-1/top-5 at every epoch-equivalent it logged, the
+    paper's top-1 for that setting (tag mupvit.paper_acc1) and our 90-epoch top-1 minus it."""
+    rows, epochs_seen = [], set()
+    for _, run in training_runs(runs).iterrows():
+        results = epoch_results(run)
+        epochs_seen |= set(results)
+        ours = percent(number(run.get(f"metrics.{results[PAPER_EPOCHS]}"))) if PAPER_EPOCHS in results else None
+        paper = number(run.get(f"tags.{PAPER_TAG}"))
+        steps = number(run.get("tags.total_steps")) or number(run.get("params.train.total_steps"))
+        rows.append({
+            "run": run["run_name"], "experiment": run["experiment"], "status": run["status"],
+            "variant": text(run.get("params.model.variant")), "head": text(run.get("params.model.head")),
+            "pool": text(run.get("params.model.pool")), "posemb": text(run.get("params.model.posemb")),
+            "parametrization": text(run.get("params.model.parametrization")), "width": model_width(run),
+            "lr": number(run.get("params.optim.lr")), "batch": number(run.get("params.train.batch_size")),
+            "epochs": number(run.get("params.train.epochs")), "steps": steps,
+            "workers": number(run.get("params.cluster.num_workers")),
+            "devices": number(run.get("params.train.devices")),
+            "images/s": _rounded(number(run.get("metrics.final/images_per_s"))),
+            "wall time": clock(number(run.get("metrics.final/wall_s"))),
+            **_results(run, histories),
+            "paper top-1 (%)": paper,
+            "diff vs paper (pp)": round(ours - paper, 2) if ours is not None and paper is not None else None,
+            "run id": run["run_id"],
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    result_columns = [c for n in sorted(epochs_seen) for c in (top1_column(n), top5_column(n))]
+    fixed = [c for c in table.columns if c not in result_columns]
+    at = fixed.index("paper top-1 (%)")
+    return table[fixed[:at] + result_columns + fixed[at:]]
+
+
+def ablation_order(names: set[str]) -> list[str]:
+    """The contract's order first ("recipe" leads), unknown ablations after it alphabetically."""
+    return [n for n in ABLATIONS if n in names] + sorted(names - set(ABLATIONS))
+
+
+def final_epochs(run: pd.Series) -> float | None:
+    """The run's epoch budget: train.epochs, or the last epoch-equivalent it logged for a step-budgeted run."""
+    epochs = number(run.get("params.train.epochs"))
+    results = epoch_results(run)
+    return epochs if epochs is not None else max(results, default=None)
+
+
+def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows: ablations (tag `ablation`); columns: top-1 (%) at each run's final epoch-equivalent, one column per
+    epoch budget, then the paper's numbers for the budgets it reports. Of repeated runs the latest counts."""
+    tagged = training_runs(runs)
+    if "tags.ablation" not in tagged:
+        return pd.DataFrame()
+    tagged = tagged[tagged["tags.ablation"].notna()].sort_values("start_time")
+    cells: dict[tuple[str, float], float | None] = {}
+    for _, run in tagged.iterrows():
+        epochs = final_epochs(run)
+        if epochs is not None:
+            cells[run["tags.ablation"], epochs] = percent(number(run.get(f"metrics.{result_name(epochs)}")))
+    budgets = sorted({epochs for _, epochs in cells})
+    paper_budgets = [e for e in budgets if any(epochs == e for _, epochs in PAPER_ABLATIONS)]
+    rows = []
+    for name in ablation_order({name for name, _ in cells}):
+        row = {"ablation": name, "change": ABLATIONS.get(name, "")}
+        row.update({f"{epoch_label(e)} ep": cells.get((name, e)) for e in budgets})
+        row.update({f"paper {epoch_label(e)} ep": PAPER_ABLATIONS.get((name, e)) for e in paper_budgets})
+        rows.append(row)
+    return pd.DataFrame(rows)
