@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The browser test drives Debian's Chromium (no browser download); `make test` installs it once when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo train-local test lint bench clean
+.PHONY: demo train-local test ui ablations bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +24,21 @@ demo: $(STAMP)
 train-local: $(STAMP)
 	$(PY) -m mupvit.train experiments/demo_digits.yaml --set train.resume=false --set train.out_dir=runs/demo_digits/$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (Ctrl-C stops it).
+PORT ?= 5000
+ui: $(STAMP)
+	$(PY) -m dashboards.ui --port $(PORT)
+
+# The paper's ablations as Ray jobs, each run once: make ablations ARGS='--address http://<head>:8265 --set data.root=...'
+ablations: $(STAMP)
+	$(PY) -m orchestration.campaign experiments/ablations/ $(ARGS)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
@@ -31,4 +46,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/ray_overhead.py
 
 clean:
-	rm -rf $(VENV) runs ray_results mlflow.db
+	rm -rf $(VENV) runs ray_results mlflow.db mlartifacts
