@@ -21,6 +21,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mupvit.config import ConfigError, load_config, total_steps
@@ -56,7 +57,17 @@ def search_algorithm(spec: SweepSpec):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(sampler=TPESampler(seed=spec.seed))
-    return BasicVariantGenerator(random_state=spec.seed if spec.algorithm == "random" else None)
+    return BasicVariantGenerator(random_state=spec.seed if spec.algorithm == "random" else None,
+                                 max_concurrent=spec.max_concurrent)
+
+
+def limited(searcher, max_concurrent: int):
+    """At most max_concurrent trials at once. Tune ignores TuneConfig.max_concurrent_trials when handed a generator
+    (grid / random take the limit themselves, above), and trials whose driver reserves no CPU (multi-worker
+    trials) would otherwise all start at once."""
+    if isinstance(searcher, BasicVariantGenerator):
+        return searcher
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
 
 
 def scheduler(spec: SweepSpec, steps: int):
@@ -154,9 +165,12 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         log(f"sweep {spec.name}: {trials} trial(s), MLflow parent run {parent_id} in {uri}")
         tuner = tune.Tuner(
             trainable, param_space=tune_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_algorithm(spec),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
+                                        search_alg=limited(search_algorithm(spec), spec.max_concurrent),
                                         scheduler=scheduler(spec, steps), num_samples=spec.num_samples,
-                                        max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+                                        # A reused actor would keep an ASHA-stopped trial's TorchTrainer (and
+                                        # its workers' CPUs) alive: only one-worker trials reuse theirs.
+                                        reuse_actors=spec.trial_workers == 1),
             run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     try:
