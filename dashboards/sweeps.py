@@ -13,8 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dashboards.runs import Histories, model_width, number, text
+from orchestration.tracking import LOSS_WINDOW
 
-LOSS_WINDOW = 20  # as orchestration.sweep_trial.LOSS_WINDOW: train/loss_avg is the mean of the last 20 train/loss
 DEFAULT_METRIC, DEFAULT_MODE = "train/loss_avg", "min"
 
 

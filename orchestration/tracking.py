@@ -18,6 +18,8 @@ from mupvit.logger import RunLogger
 
 RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
 PAPER_TAG = "mupvit.paper_acc1"
+# train/loss_avg, the sweeps' default metric: mean of the last logged train losses (steadier than one batch)
+LOSS_WINDOW = 20
 
 
 class TrackingError(RuntimeError):

@@ -21,10 +21,9 @@ import ray.train.torch
 from mupvit.config import config_from_dict
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.train import TrainingDiverged, run
-from orchestration.tracking import MlflowLogger
+from orchestration.tracking import LOSS_WINDOW, MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
-LOSS_WINDOW = 20  # train/loss_avg: mean of the last logged train losses (a steadier sweep metric than one batch)
 
 
 def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:
