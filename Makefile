@@ -1,5 +1,5 @@
 # Two commands for a newcomer: `make demo` submits the embedded digits reproduction to a local Ray head with
-# `ray job submit` (tracked in MLflow), `make test` runs the suite.
+# `ray job submit` (tracked in MLflow) and draws the comparison report from its summary; `make test` runs the suite.
 # Both create (or reuse) the virtual environment in $(VENV) and install the project into it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m orchestration.demo experiments/demo_digits.yaml
+	$(PY) -m dashboards.report --summary runs/demo_summary.json --out runs/report
+	@echo "open the MLflow UI: make ui   (or python -m dashboards.ui; then http://127.0.0.1:5000)"
 
 # The same demo in one process with the bare trainer (no Ray, no MLflow).
 train-local: $(STAMP)

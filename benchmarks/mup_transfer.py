@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mupvit.config import load_config
 from mupvit.logger import RunLogger
-from mupvit.parametrization import with_width
+from mupvit.models.parametrization import with_width
 from mupvit.train import TrainingDiverged, run
 
 # The probe of the µP issue: shallow, no weight decay, no MixUp (so the loss is the plain training loss).

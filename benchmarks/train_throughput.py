@@ -20,7 +20,7 @@ import timm
 import torch
 
 from mupvit.config import ModelConfig, OptimConfig
-from mupvit.model import ViT
+from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
 from mupvit.train import train_step
 

@@ -3,20 +3,13 @@ re-plotted from coord.csv, and the log-log slopes of activation size against wid
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from dashboards.runs import ReportError
-from mupvit.coord_check import LAYERS, plot, slopes
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return [{"parametrization": r["parametrization"], "width": int(r["width"]), "step": int(r["step"]),
-                 "layer": r["layer"], "l1": float(r["l1"])} for r in csv.DictReader(f)]
+from mupvit.coord_results import LAYERS, plot, read_csv, slopes
 
 
 def slope_table(rows: list[dict]) -> pd.DataFrame:
@@ -39,7 +32,7 @@ def coord_check_figure(folder: Path, figure: Path) -> pd.DataFrame:
     if not png.is_file() and not table.is_file():
         raise ReportError(f"--coord-check {folder}: no coord.png or coord.csv there; write them with "
                           f"`python -m mupvit.coord_check experiments/demo_digits.yaml --out {folder}`")
-    rows = read_rows(table) if table.is_file() else []
+    rows = read_csv(table) if table.is_file() else []
     if png.is_file():
         shutil.copyfile(png, figure)
     else:

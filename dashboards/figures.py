@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from dashboards.curves import EVAL_TOP1, TRAIN_LOSS  # noqa: E402
-from dashboards.sweeps import DEFAULT_METRIC, LOSS_WINDOW  # noqa: E402
+from dashboards.sweeps import DEFAULT_METRIC  # noqa: E402
+from mupvit.results import LOSS_WINDOW  # noqa: E402
 
 PARAMETRIZATIONS = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
 DPI = 110

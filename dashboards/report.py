@@ -11,6 +11,7 @@ A report that includes a sweep is also logged to the sweep's parent run (artifac
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -18,15 +19,17 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dashboards.coord import coord_check_figure
 from dashboards.curves import training_curves
 from dashboards.figures import plot_curves, plot_transfer
 from dashboards.html import Section, render, table_markdown
-from dashboards.runs import Histories, ReportError, fetch_runs, open_store, resolve_uri
-from dashboards.sweeps import best_lr_table, sweep_trials
+from dashboards.runs import Histories, ReportError, fetch_runs, open_store, store_uri
+from dashboards.sweeps import sweep_trials
 from dashboards.tables import ABLATIONS, ablation_table, reproduction_table, training_runs
+from orchestration.sweep_results import best_lr_table
 
 MAX_CURVES = 8  # more lines than this make the curves figure unreadable
 # What a report writes besides report.html; an earlier report's copies are removed first, so nothing stale is shown
@@ -203,11 +206,29 @@ def build_report(uri: str, out: Path, experiments: list[str] | None = None, run_
     return page
 
 
+def summary_scope(path: Path) -> tuple[str, list[str]]:
+    """(store, [experiment]) of the run whose JSON summary is at `path` (its tracking_uri and mlflow_run_id)."""
+    try:
+        summary = json.loads(path.read_text().strip().splitlines()[-1])
+        uri, run_id = summary["tracking_uri"], summary["mlflow_run_id"]
+    except (OSError, IndexError, KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ReportError(f"--summary {path}: not the JSON summary of a tracked run ({type(err).__name__}: {err}); "
+                          "pass the --summary-json file of python -m orchestration.train") from None
+    client = open_store(uri)
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+    except MlflowException as err:
+        raise ReportError(f"--summary {path}: run {run_id} is not in {uri}") from err
+    return uri, [client.get_experiment(experiment_id).name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--experiment", nargs="+", metavar="NAME", help="experiments to include (default: all)")
+    parser.add_argument("--summary", type=Path, metavar="JSON",
+                        help="the summary a run command wrote (--summary-json): report that run's store and experiment")
     parser.add_argument("--run", nargs="+", metavar="RUN_ID", help="only these runs (a sweep parent brings its trials)")
     parser.add_argument("--coord-check", type=Path, metavar="DIR",
                         help="output folder of python -m mupvit.coord_check (coord.csv, coord.png)")
@@ -216,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/report"), help="output folder (default runs/report)")
     args = parser.parse_args(argv)
     try:
-        page = build_report(resolve_uri(args.tracking_uri), args.out, args.experiment, args.run, args.curves,
-                            args.coord_check)
+        uri, experiments = store_uri(args.tracking_uri), args.experiment
+        if args.summary:
+            uri, experiments = summary_scope(args.summary)
+        page = build_report(uri, args.out, experiments, args.run, args.curves, args.coord_check)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +14,22 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mupvit.config import VARIANTS
-from orchestration.tracking import TrackingError, check_reachable
-
-RESULT_METRIC = re.compile(r"^acc1_at_(.+)ep$")  # mupvit.train.result_name: acc1_at_<N>ep
+from mupvit.config import ConfigError
+from mupvit.models.shapes import variant_width
+from mupvit.results import result_epochs
+from orchestration.tracking import TrackingError, check_reachable, resolve_uri
 
 
 class ReportError(Exception):
     """The report cannot be built from what was asked for; the message says what is wrong and how to fix it."""
 
 
-def resolve_uri(uri: str | None, base_dir: Path | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; relative SQLite paths made
-    absolute (MLflow would otherwise resolve them against whatever directory it runs in)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{((base_dir or Path.cwd()) / uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
+def store_uri(given: str | None) -> str:
+    """--tracking-uri resolved as every command resolves a store (orchestration.tracking.resolve_uri)."""
+    try:
+        return resolve_uri(given, Path.cwd(), source="--tracking-uri")
+    except ConfigError as err:
+        raise ReportError(str(err)) from err
 
 
 def open_store(uri: str) -> MlflowClient:
@@ -148,12 +145,9 @@ def text(value: Any) -> str:
 
 
 def model_width(row: pd.Series) -> int | None:
-    """model.width, or the variant's width when it is None (S/16 -> 384), from mupvit.config.VARIANTS."""
+    """model.width, or the variant's width when it is None (S/16 -> 384)."""
     width = number(row.get("params.model.width"))
-    if width is not None:
-        return int(width)
-    name = text(row.get("params.model.variant")).partition("/")[0]
-    return VARIANTS[name][0] if name in VARIANTS else None
+    return int(width) if width is not None else variant_width(text(row.get("params.model.variant")))
 
 
 def eval_split(row: pd.Series) -> str | None:
@@ -170,7 +164,8 @@ def epoch_results(row: pd.Series) -> dict[float, str]:
     """N -> metric key of every acc1_at_<N>ep the run logged, in epoch order."""
     found = {}
     for column, value in row.items():
-        match = RESULT_METRIC.match(str(column).removeprefix("metrics."))
-        if str(column).startswith("metrics.") and match and number(value) is not None:
-            found[float(match.group(1))] = match.group(0)
+        key = str(column).removeprefix("metrics.")
+        epochs = result_epochs(key)
+        if str(column).startswith("metrics.") and epochs is not None and number(value) is not None:
+            found[epochs] = key
     return dict(sorted(found.items()))

@@ -1,5 +1,5 @@
 """µP transfer sweeps: one row per trial (the searched parametrization, width and lr, the trial's final metric,
-whether it diverged or was stopped early) and the best learning rate per (parametrization, width)."""
+whether it diverged or was stopped early), in the trial table of orchestration.sweep_results."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dashboards.runs import Histories, model_width, number, text
-from orchestration.tracking import LOSS_WINDOW
+from mupvit.results import LOSS_WINDOW
+from orchestration.sweep_results import TRIAL_COLUMNS
 
 DEFAULT_METRIC, DEFAULT_MODE = "train/loss_avg", "min"
 
@@ -66,24 +67,6 @@ def sweep_trials(runs: pd.DataFrame, client: MlflowClient, histories: Histories)
             "value": value, "diverged": bool(text(run.get("tags.diverged"))),
             "early_stopped": text(run.get("tags.early_stopped")) == "true", "status": run["status"],
         })
-    columns = ["sweep", "parent_run_id", "run_id", "trial_id", "parametrization", "width", "lr", "log2_lr", "metric",
-               "mode", "value", "diverged", "early_stopped", "status"]
+    columns = [*TRIAL_COLUMNS, "parent_run_id", "run_id", "status"]
     return pd.DataFrame(rows, columns=columns).sort_values(["sweep", "parametrization", "width", "lr"],
                                                            key=sp_first, ignore_index=True)
-
-
-def best_lr_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (sweep, parametrization, width): the lr with the best metric among trials that ran to the end without
-    diverging (a trial stopped early reports an earlier, incomparable value), with trial and divergence counts."""
-    rows = []
-    for (sweep, name, width), group in trials.groupby(["sweep", "parametrization", "width"], sort=False):
-        ok = group[~group["diverged"] & ~group["early_stopped"] & group["value"].notna()]
-        mode = group["mode"].iloc[0]
-        best = ok.loc[ok["value"].idxmin() if mode == "min" else ok["value"].idxmax()] if not ok.empty else None
-        rows.append({
-            "sweep": sweep, "parametrization": name, "width": width,
-            "best lr": None if best is None else best["lr"], "log2 lr": None if best is None else best["log2_lr"],
-            "metric": group["metric"].iloc[0], "best value": None if best is None else round(best["value"], 4),
-            "trials": len(group), "diverged": int(group["diverged"].sum()),
-        })
-    return pd.DataFrame(rows)

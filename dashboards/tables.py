@@ -6,8 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dashboards.runs import Histories, epoch_results, eval_split, model_width, number, text
-from mupvit.train import epoch_label, result_name
-from orchestration.tracking import PAPER_TAG
+from mupvit.results import PAPER_EPOCHS, PAPER_TAG, PAPER_TOP1, epoch_label, result_name
 
 # The contract with experiments/ablations/ (tag `ablation`): name -> the change, as the paper's table words it.
 ABLATIONS = {
@@ -18,9 +17,6 @@ ABLATIONS = {
     "no_randaug_mixup": "no RandAugment, no MixUp",
     "batch_4096": "batch size: 1024 -> 4096",
 }
-# Paper top-1 (%) by (ablation, epochs), only the numbers RECIPE.md records; 300 epochs is "~80".
-PAPER_ABLATIONS = {("recipe", 90.0): 76.5, ("head_linear", 90.0): 76.7, ("recipe", 300.0): 80.0}
-PAPER_EPOCHS = 90.0  # mupvit.paper_acc1 is a 90-epoch number: the difference column compares top-1 there
 
 
 def percent(fraction: float | None) -> float | None:
@@ -132,11 +128,11 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
         if epochs is not None:
             cells[run["tags.ablation"], epochs] = percent(number(run.get(f"metrics.{result_name(epochs)}")))
     budgets = sorted({epochs for _, epochs in cells})
-    paper_budgets = [e for e in budgets if any(epochs == e for _, epochs in PAPER_ABLATIONS)]
+    paper_budgets = [e for e in budgets if any(epochs == e for _, epochs in PAPER_TOP1)]
     rows = []
     for name in ablation_order({name for name, _ in cells}):
         row = {"ablation": name, "change": ABLATIONS.get(name, "")}
         row.update({f"{epoch_label(e)} ep": cells.get((name, e)) for e in budgets})
-        row.update({f"paper {epoch_label(e)} ep": PAPER_ABLATIONS.get((name, e)) for e in paper_budgets})
+        row.update({f"paper {epoch_label(e)} ep": PAPER_TOP1.get((name, e)) for e in paper_budgets})
         rows.append(row)
     return pd.DataFrame(rows)

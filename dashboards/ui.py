@@ -23,7 +23,8 @@ from pathlib import Path
 
 import requests
 
-from orchestration.tracking import artifact_location
+from mupvit.config import ConfigError
+from orchestration.tracking import DEFAULT_URI, artifact_location, resolve_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # MLflow 3's UI opens experiments in its GenAI view (traces); this query selects the view with training runs.
@@ -42,13 +43,16 @@ def store_uri(given: str | None) -> str:
     if given is None and env and not env.startswith("sqlite:"):
         print(f"note: MLFLOW_TRACKING_URI={env} is not a SQLite store; opening ./mlflow.db instead "
               f"(a tracking server serves its own UI: open {env})", file=sys.stderr)
-    uri = given or (env if env.startswith("sqlite:") else "sqlite:///mlflow.db")
+    try:
+        uri = resolve_uri(given or (env if env.startswith("sqlite:") else DEFAULT_URI), Path.cwd(), "--tracking-uri")
+    except ConfigError as err:
+        raise UiError(str(err)) from err
     if uri.startswith(("http://", "https://")):
         raise UiError(f"{uri} is an MLflow tracking server, which already serves the UI: open {uri} in a browser")
     if not uri.startswith("sqlite:///"):
         raise UiError(f"--tracking-uri {uri!r}: only SQLite stores (sqlite:///path/mlflow.db) are served here; "
                       "for other backends run `mlflow server --backend-store-uri ...` yourself")
-    return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def check_store_exists(uri: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,31 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot (3e-3) as numbers, as YAML 1.2 does."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-# big_vision `decode_variant`: name -> (width, depth, mlp_dim, num_heads).
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16),
-}
-
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
-
-class ConfigError(ValueError):
-    """A config key has a value that cannot work; the message says which and what is allowed."""
+from mupvit.config_yaml import chain_text, parse_yaml, read_experiment
+from mupvit.errors import ConfigError
+from mupvit.models.shapes import check_model
 
 
 @dataclass
@@ -271,7 +248,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
-    return key.strip(), yaml.load(raw, _Loader) if raw.strip() else ""
+    return key.strip(), parse_yaml(raw) if raw.strip() else ""
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
@@ -285,93 +262,26 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML experiment file, apply `--set` overrides, validate, and return the Config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """Read a YAML experiment file (and its `base:` chain), apply `--set` overrides, validate, return the Config."""
+    data, chain = read_experiment(Path(path))
     try:
-        data = yaml.load(path.read_text(), _Loader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    try:
-        return config_from_dict(data or {}, overrides)
+        return config_from_dict(data, overrides)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise ConfigError(f"{chain_text(chain)}: {err}") from err
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys: {"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 # ---------------------------------------------------------------- derived values and checks
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    width: int
-    depth: int
-    mlp_dim: int
-    num_heads: int
-    patch_size: int
-
-
-def widened_mlp_dim(ref: ModelShape, width: int) -> int:
-    """mlp_dim at `width` with the reference's mlp_dim / width ratio."""
-    if width * ref.mlp_dim % ref.width:
-        raise ConfigError(
-            f"model.width: {width} keeps no integer mlp_dim at the reference ratio {ref.mlp_dim}/{ref.width}; "
-            "pick a width that keeps it, or set model.mlp_dim"
-        )
-    return width * ref.mlp_dim // ref.width
-
-
-def widened_heads(ref: ModelShape, width: int, rule: str) -> int:
-    """num_heads at `width`: more heads of the reference size (fixed_head_dim) or the same heads (fixed_heads)."""
-    if rule == "fixed_heads":
-        return ref.num_heads
-    head_dim = ref.width // ref.num_heads
-    if width % head_dim:
-        raise ConfigError(
-            f"model.width: {width} is not a multiple of the head size {head_dim} (widening 'fixed_head_dim'); "
-            f"choose a multiple of {head_dim}, or set model.widening: fixed_heads"
-        )
-    return width // head_dim
-
-
-def widened_shape(ref: ModelShape, width: int, rule: str) -> ModelShape:
-    """`ref` at a new width under the widening rule."""
-    return dataclasses.replace(ref, width=width, num_heads=widened_heads(ref, width, rule),
-                               mlp_dim=widened_mlp_dim(ref, width))
-
-
-def model_shape(m: ModelConfig) -> ModelShape:
-    """Resolve variant + explicit fields into concrete sizes (explicit values win). A width that differs from the
-    variant's derives the unset num_heads and mlp_dim by the widening rule."""
-    explicit = {"width": m.width, "depth": m.depth, "mlp_dim": m.mlp_dim, "num_heads": m.num_heads,
-                "patch_size": m.patch_size}
-    from_variant = dict.fromkeys(explicit)
-    if m.variant is not None:
-        name, _, patch_text = m.variant.partition("/")
-        if name not in VARIANTS:
-            raise ConfigError(
-                f"model.variant: got {m.variant!r}, expected one of {', '.join(VARIANTS)} "
-                "optionally with a patch size such as 'S/16', or null with explicit sizes"
-            )
-        width, depth, mlp_dim, heads = VARIANTS[name]
-        from_variant.update(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
-        if patch_text:
-            if not patch_text.isdigit() or int(patch_text) <= 0:
-                raise ConfigError(f"model.variant: patch size in {m.variant!r} must be a positive integer")
-            from_variant["patch_size"] = int(patch_text)
-        if m.width is not None and m.width > 0 and m.width != width:
-            ref = ModelShape(width, depth, mlp_dim, heads, from_variant["patch_size"] or 1)
-            if m.num_heads is None:
-                from_variant["num_heads"] = widened_heads(ref, m.width, m.widening)
-            if m.mlp_dim is None:
-                from_variant["mlp_dim"] = widened_mlp_dim(ref, m.width)
-    resolved = {k: v if v is not None else from_variant[k] for k, v in explicit.items()}
-    for key, value in resolved.items():
-        if value is None:
-            raise ConfigError(f"model.{key}: missing; set it or choose a model.variant such as 'S/16'")
-        if value <= 0:
-            raise ConfigError(f"model.{key}: got {value}, expected a positive integer")
-    return ModelShape(**resolved)
 
 
 def steps_for_epochs(epochs: float, num_train: int, batch_size: int) -> int:
@@ -395,27 +305,21 @@ def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}: got {value}, expected a {'non-negative' if allow_zero else 'positive'} number")
 
 
-def validate(cfg: Config, num_train: int | None = None) -> None:
-    """Check cross-field constraints; `num_train` (the loaded dataset's size) enables the step checks."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    shape = model_shape(m)
-    if shape.width % shape.num_heads:
-        raise ConfigError(
-            f"model.width: {shape.width} is not divisible by model.num_heads={shape.num_heads}; "
-            "choose a width that is a multiple of the number of heads"
-        )
-    _positive("model.base_width", m.base_width)
-    if m.parametrization == "mup" and m.widening == "fixed_heads" and m.base_width % shape.num_heads:
-        raise ConfigError(
-            f"model.base_width: {m.base_width} is not divisible by model.num_heads={shape.num_heads}; "
-            "with widening 'fixed_heads' the base model needs whole heads"
-        )
-    if m.posemb == "sincos2d" and shape.width % 4:
-        raise ConfigError(f"model.width: {shape.width} must be a multiple of 4 for posemb 'sincos2d'")
-    if d.image_size % shape.patch_size:
-        raise ConfigError(
-            f"data.image_size: {d.image_size} is not divisible by the patch size {shape.patch_size}"
-        )
+# Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
+_POSITIVE = ("optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size", "train.devices", "train.accum_steps",
+             "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
+             "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "cluster.num_workers",
+             "cluster.cpus_per_worker", "cluster.keep_checkpoints", "cluster.gpus_per_worker", "cluster.fail_at_step")
+_NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_steps", "data.num_workers", "data.randaug_layers",
+                 "data.mixup_alpha", "cluster.max_failures", "cluster.resource_wait_s")
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    section, _, name = dotted.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _check_data(d: DataConfig, eval_every: int | None) -> None:
     if not 0 <= d.randaug_magnitude <= 10:
         raise ConfigError(f"data.randaug_magnitude: got {d.randaug_magnitude}, expected 0..10 (big_vision's max level)")
     if not 0.0 < d.minival_fraction < 1.0:
@@ -430,28 +334,23 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
             raise ConfigError(f"{key}: got {pair}, expected [min, max] with {lo} < min <= max <= {hi}")
     if d.dataset != "digits" and not d.root:
         raise ConfigError(f"data.root: required for dataset '{d.dataset}' (the folder holding the splits)")
-    if not d.eval_splits and t.eval_every:
+    if not d.eval_splits and eval_every:
         raise ConfigError("data.eval_splits: empty, but train.eval_every is set; name a split or set eval_every: null")
-    for key, value in (
-        ("model.num_classes", m.num_classes), ("optim.lr", o.lr), ("optim.eps", o.eps),
-        ("train.batch_size", t.batch_size), ("train.devices", t.devices), ("train.accum_steps", t.accum_steps),
-        ("train.log_every", t.log_every), ("train.eval_every", t.eval_every), ("train.ckpt_every", t.ckpt_every),
-        ("train.keep_ckpts", t.keep_ckpts), ("optim.clip_norm", o.clip_norm), ("train.epochs", t.epochs),
-        ("train.total_steps", t.total_steps), ("data.num_train_examples", d.num_train_examples),
-        ("data.eval_batch_size", d.eval_batch_size), ("cluster.num_workers", cfg.cluster.num_workers),
-        ("cluster.cpus_per_worker", cfg.cluster.cpus_per_worker), ("cluster.keep_checkpoints",
-                                                                   cfg.cluster.keep_checkpoints),
-        ("cluster.gpus_per_worker", cfg.cluster.gpus_per_worker), ("cluster.fail_at_step", cfg.cluster.fail_at_step),
-    ):
-        _positive(key, value)
-    for key, value in (("optim.weight_decay", o.weight_decay), ("optim.warmup_steps", o.warmup_steps),
-                       ("data.num_workers", d.num_workers), ("data.randaug_layers", d.randaug_layers),
-                       ("data.mixup_alpha", d.mixup_alpha), ("cluster.max_failures", cfg.cluster.max_failures),
-                       ("cluster.resource_wait_s", cfg.cluster.resource_wait_s)):
-        _positive(key, value, allow_zero=True)
-    for key, beta in (("optim.b1", o.b1), ("optim.b2", o.b2)):
+
+
+def _check_numbers(cfg: Config) -> None:
+    for key in _POSITIVE:
+        _positive(key, _value(cfg, key))
+    for key in _NON_NEGATIVE:
+        _positive(key, _value(cfg, key), allow_zero=True)
+    for key, beta in (("optim.b1", cfg.optim.b1), ("optim.b2", cfg.optim.b2)):
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"{key}: got {beta}, expected 0 <= beta < 1")
+
+
+def _check_budget(cfg: Config, num_train: int | None) -> None:
+    """Steps, warmup and epoch-equivalents, as far as the train-set size is known."""
+    o, t = cfg.optim, cfg.train
     if t.epochs is None and t.total_steps is None:
         raise ConfigError("train: set train.epochs or train.total_steps")
     if t.batch_size % (t.devices * t.accum_steps):
@@ -459,7 +358,7 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
             f"train.batch_size: {t.batch_size} is not divisible by train.devices x train.accum_steps "
             f"= {t.devices} x {t.accum_steps}; choose a batch that splits evenly"
         )
-    n = num_train if num_train is not None else d.num_train_examples
+    n = num_train if num_train is not None else cfg.data.num_train_examples
     if t.total_steps is None and n is None:
         return  # the step checks run again once the dataset is loaded
     steps = total_steps(cfg, n)
@@ -478,3 +377,11 @@ def validate(cfg: Config, num_train: int | None = None) -> None:
                 f"train.eval_at_epochs: {ep} epochs is step {steps_for_epochs(ep, n, t.batch_size)}, "
                 f"outside this run's 1..{steps} steps; list only epoch-equivalents the run reaches"
             )
+
+
+def validate(cfg: Config, num_train: int | None = None) -> None:
+    """Check cross-field constraints; `num_train` (the loaded dataset's size) enables the step checks."""
+    check_model(cfg.model, cfg.data.image_size)
+    _check_data(cfg.data, cfg.train.eval_every)
+    _check_numbers(cfg)
+    _check_budget(cfg, num_train)

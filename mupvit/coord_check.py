@@ -13,26 +13,24 @@ writes coord.csv (parametrization, width, step, layer, l1), coord.png and prints
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import math
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mupvit.config import Config, ConfigError, load_config, validate
+from mupvit.coord_results import plot, slope_table, write_csv
 from mupvit.data import DataError, build_splits, train_loader
 from mupvit.data.mixup import mixup_coefficient
-from mupvit.model import ViT
+from mupvit.models.parametrization import with_width
+from mupvit.models.registry import build_model
+from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
-from mupvit.parametrization import with_width
 from mupvit.train import train_step
 
-LAYERS = ("patch_embed", "attn_out", "mlp_out", "block_out", "features", "logits")
 CONSTANT_LR_STEPS = 10**9  # cosine horizon so long that the schedule stays at 1 for the few steps measured
 
 
@@ -81,7 +79,7 @@ def fixed_batches(cfg: Config, steps: int) -> list[tuple[torch.Tensor, torch.Ten
 def measure(cfg: Config, batches: list, seed: int) -> Iterator[tuple[int, dict[str, float]]]:
     """Train on `batches` from a fresh model; yield (t, layer sizes) for the forward after t updates, t >= 1."""
     torch.manual_seed(seed)
-    model = ViT(cfg.model, cfg.data.image_size)
+    model = build_model(cfg)
     optimizer = build_optimizer(model, dataclasses.replace(cfg.optim, warmup_steps=0), CONSTANT_LR_STEPS)
     probe = ActivationProbe(model)
     model.train()
@@ -117,64 +115,6 @@ def coord_check(cfg: Config, widths: list[int], steps: int, parametrizations: li
         logits = totals[steps, "logits"]
         log(f"coord_check: {name} width {width}: logits l1 after {steps} steps {logits:.4g}")
     return rows
-
-
-def slopes(rows: list[dict]) -> dict[tuple[str, int, str], float]:
-    """Least-squares slope of log l1 against log width, per (parametrization, step, layer)."""
-    points: dict[tuple[str, int, str], list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        points[r["parametrization"], r["step"], r["layer"]].append((math.log(r["width"]), math.log(r["l1"])))
-    return {key: float(np.polyfit(*zip(*pts, strict=True), 1)[0]) for key, pts in points.items() if len(pts) > 1}
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["parametrization", "width", "step", "layer", "l1"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    """One panel per (parametrization, layer): l1 vs width on log-log axes, a line per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted({r["parametrization"] for r in rows}, key=["sp", "mup"].index)
-    steps = sorted({r["step"] for r in rows})
-    fig, axes = plt.subplots(len(names), len(LAYERS), figsize=(3 * len(LAYERS), 2.8 * len(names)), squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(steps)))
-    for i, name in enumerate(names):
-        for j, layer in enumerate(LAYERS):
-            ax = axes[i][j]
-            for step, color in zip(steps, colors, strict=True):
-                pts = sorted((r["width"], r["l1"]) for r in rows
-                             if (r["parametrization"], r["layer"], r["step"]) == (name, layer, step))
-                ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=f"t={step}")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{'µP' if name == 'mup' else 'SP'}: {layer}", fontsize=9)
-            ax.set_xlabel("width", fontsize=8)
-            if j == 0:
-                ax.set_ylabel("mean |activation|", fontsize=8)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def slope_table(rows: list[dict]) -> str:
-    fitted = slopes(rows)
-    names = sorted({k[0] for k in fitted}, key=["sp", "mup"].index)
-    steps = sorted({k[1] for k in fitted})
-    lines = [f"log-log slope of mean |activation| vs width (0 = width-independent)\n{'':12}" +
-             "".join(f"{layer:>12}" for layer in LAYERS)]
-    for name in names:
-        for step in steps:
-            cells = "".join(f"{fitted[name, step, layer]:12.2f}" for layer in LAYERS)
-            lines.append(f"{name:>4} t={step:<5}" + cells)
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

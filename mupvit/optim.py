@@ -7,10 +7,11 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from mupvit.config import OptimConfig
-from mupvit.model import ViT, decay_mask
-from mupvit.parametrization import ROLES, param_role
+from mupvit.models.parametrization import DECAYED_ROLES, ROLES
+from mupvit.models.vit import ViT, decay_mask
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -23,16 +24,16 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: ViT) -> list[dict]:
-    """One group per µP role (mupvit/parametrization.py), each with its Adam lr multiplier, whether big_vision
-    decays it (kernels only) and the parameter names, so the whole parametrization is visible in the optimiser."""
-    hidden_lr = model.parametrization.hidden_lr_mult
-    groups = {role: {"params": [], "names": [], "role": role, "decay": role != "vector",
-                     "lr_mult": hidden_lr if role == "hidden" else 1.0} for role in ROLES}
+def param_groups(model: nn.Module, roles: dict[str, str], hidden_lr_mult: float) -> list[dict]:
+    """One group per µP role (`roles`: parameter name -> role, mupvit/models/parametrization.py), each with its
+    Adam lr multiplier, whether big_vision decays it (kernels only) and the parameter names, so the whole
+    parametrization is visible in the optimiser."""
+    groups = {role: {"params": [], "names": [], "role": role, "decay": role in DECAYED_ROLES,
+                     "lr_mult": hidden_lr_mult if role == "hidden" else 1.0} for role in ROLES}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        role = param_role(name, param)
+        role = roles[name]
         if decay_mask(name, param) != groups[role]["decay"]:
             raise ValueError(f"parameter {name}: role {role!r} disagrees with the weight-decay mask")
         groups[role]["params"].append(param)
@@ -106,5 +107,10 @@ def clip_by_global_norm(params: Iterable[torch.Tensor], max_norm: float | None) 
     return norm
 
 
+def model_param_groups(model: ViT) -> list[dict]:
+    """The groups of a mupvit model: its own roles and its parametrization's hidden lr multiplier."""
+    return param_groups(model, model.param_roles(), model.parametrization.hidden_lr_mult)
+
+
 def build_optimizer(model: ViT, cfg: OptimConfig, total_steps: int) -> BigVisionAdam:
-    return BigVisionAdam(param_groups(model), cfg, total_steps)
+    return BigVisionAdam(model_param_groups(model), cfg, total_steps)

@@ -1,12 +1,16 @@
 """The training loop: step-based over the deterministic stream, with periodic eval, N-epoch-equivalent
-results, atomic checkpoints and exact resume. Run it with `python -m mupvit.train CONFIG [--set k=v ...]`."""
+results, atomic checkpoints and exact resume. Run it with `python -m mupvit.train CONFIG [--set k=v ...]`.
+
+Read top to bottom: setup (model, optimiser, resume), the step, eval at the scheduled steps, checkpoints, and
+`run`, which strings them together.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mupvit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mupvit.config import Config, ConfigError, load_config, steps_for_epochs, total_steps, validate
+from mupvit.config import Config, ConfigError, flatten, load_config, steps_for_epochs, total_steps, validate
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
-from mupvit.model import ViT
-from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, param_groups
+from mupvit.models.registry import build_model
+from mupvit.models.vit import ViT
+from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
+from mupvit.results import emit_summary, result_name
 
 # Keys that may change between a checkpoint and its resume without changing the optimisation.
 RESUMABLE_CHANGES = {
@@ -37,14 +43,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def epoch_label(epochs: float) -> str:
-    return f"{epochs:g}"
-
-
-def result_name(epochs: float) -> str:
-    return f"acc1_at_{epoch_label(epochs)}ep"
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'")
@@ -53,18 +51,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
-    old, new = _flat(saved), _flat(cfg.to_dict())
+    old, new = flatten(saved), flatten(cfg.to_dict())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
                      and not k.startswith(RESUMABLE_SECTIONS))
     if changed:
@@ -121,6 +109,138 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class RunState:
+    """What a run holds between steps: the model and optimiser, the schedule of evals, and what it has produced."""
+
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    model: ViT
+    optimizer: BigVisionAdam
+    splits: dict[str, Any]
+    steps: int
+    points: dict[int, list[float]]
+    out_dir: Path
+    start: int = 0
+    results: dict[str, float | None] = field(default_factory=dict)
+    last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    last_ckpt: str | None = None
+
+
+def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | None) -> RunState:
+    """Data, model and optimiser for `cfg`, restored from a checkpoint when resuming."""
+    t = cfg.train
+    rank, world = process_group()
+    if t.devices != world:
+        raise ConfigError(
+            f"train.devices: {t.devices}, but this process group has {world} process(es); mupvit.train runs "
+            "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
+        )
+    device = device or resolve_device(t.device)
+    splits = build_splits(cfg)
+    num_train = len(splits[cfg.data.train_split])
+    validate(cfg, num_train=num_train)
+    steps = total_steps(cfg, num_train)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg).to(device)
+    state = RunState(cfg, device, rank, world, model, build_optimizer(model, cfg.optim, steps), splits, steps,
+                eval_points(cfg, num_train, steps), Path(t.out_dir).expanduser().resolve())
+    ckpt = Path(resume_from) if resume_from else latest_checkpoint(state.out_dir) if t.resume else None
+    if ckpt is None and rank == 0 and list(state.out_dir.glob("ckpt_*.pt")):
+        raise ConfigError(f"train.out_dir: {state.out_dir} already holds checkpoints and train.resume is false; "
+                          "choose an empty out_dir")
+    if ckpt is not None:
+        restore(state, ckpt)
+    return state
+
+
+def restore(state: RunState, ckpt: Path) -> None:
+    saved = load_checkpoint(ckpt, map_location=state.device)
+    check_resumable(saved["config"], state.cfg, ckpt)
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    state.start, state.results, state.last_eval = saved["step"], saved["results"], saved["eval"]
+    state.last_ckpt = str(ckpt)
+
+
+def save(state: RunState, step: int, logger: RunLogger) -> None:
+    """Rank 0 writes the checkpoint of `step`; every rank tells the logger (path None where rank != 0)."""
+    if state.rank != 0:
+        logger.checkpoint(step, None)
+        return
+    path = save_checkpoint(state.out_dir, step, {
+        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "rng": torch.get_rng_state(),
+        "stream_position": step * state.cfg.train.batch_size, "config": state.cfg.to_dict(),
+        "results": state.results, "eval": state.last_eval,
+    }, state.cfg.train.keep_ckpts)
+    state.last_ckpt = str(path)
+    logger.checkpoint(step, state.last_ckpt)
+
+
+def evaluate_splits(state: RunState, step: int, eval_sets: dict[str, Any], forward: nn.Module) -> dict[str, float]:
+    """Every eval split at `step`, and the N-epoch-equivalent results scheduled there (first split's top-1)."""
+    values = {}
+    for name, loader in eval_sets.items():
+        state.last_eval[name] = evaluate(forward, loader, state.device, state.cfg.train.precision)
+        values.update({f"{name}/{k}": v for k, v in state.last_eval[name].items()})
+    primary = state.last_eval[state.cfg.data.eval_splits[0]]["acc1"] if eval_sets else None
+    for ep in state.points[step]:
+        state.results[result_name(ep)] = primary
+        values[result_name(ep)] = primary
+    return values
+
+
+def forwards(state: RunState) -> tuple[nn.Module, nn.Module]:
+    """(train forward, eval forward): DDP-wrapped on several ranks, compiled when train.compile is set.
+
+    The position embedding buffer is a constant: no buffer broadcasts. Eval runs on the bare model, since each
+    rank evaluates its own shard and DDP's collectives would need the same number of forwards everywhere."""
+    model, device, compile_ = state.model, state.device, state.cfg.train.compile
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False) if state.world > 1 else model
+    forward = torch.compile(wrapped) if compile_ else wrapped
+    return forward, forward if state.world == 1 else torch.compile(model) if compile_ else model
+
+
+def global_loss(loss: float, state: RunState, step: int) -> float:
+    """The global batch's loss (the same divergence decision on every rank); raises when it is not finite."""
+    if state.world > 1:
+        loss_t = torch.tensor(loss, dtype=torch.float64, device=state.device)
+        dist.all_reduce(loss_t)
+        loss = loss_t.item() / state.world
+    if not torch.isfinite(torch.tensor(loss)):
+        raise TrainingDiverged(
+            f"loss became {loss} at step {step}; last good checkpoint: {state.last_ckpt or 'none'}. "
+            "Lower optim.lr or raise optim.warmup_steps"
+        )
+    return loss
+
+
+class Throughput:
+    """Train images/s and the fraction of step time spent waiting for data, per log interval and overall."""
+
+    def __init__(self) -> None:
+        self.train_time = self.data_time = self.interval_time = 0.0
+        self.interval_images = self.images = 0
+
+    def add(self, step_s: float, data_s: float, images: int) -> None:
+        self.train_time += step_s
+        self.interval_time += step_s
+        self.data_time += data_s
+        self.interval_images += images
+        self.images += images
+
+    def interval(self) -> dict[str, float]:
+        """The interval's figures; starts the next interval."""
+        out = {"train/images_per_s": self.interval_images / self.interval_time,
+               "train/data_time_frac": self.data_time / self.interval_time}
+        self.interval_images, self.interval_time, self.data_time = 0, 0.0, 0.0
+        return out
+
+
 def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None = None, *,
         device: torch.device | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg`; return the summary. `stop_at_step` ends the run early
@@ -132,140 +252,60 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     the logger (rank != 0 gets path None from `checkpoint`). `resume_from` names the checkpoint file to resume
     from instead of the newest one in train.out_dir; `device` overrides train.device.
     """
-    logger = logger or ConsoleLogger()
-    t = cfg.train
-    rank, world = process_group()
-    if t.devices != world:
-        raise ConfigError(
-            f"train.devices: {t.devices}, but this process group has {world} process(es); mupvit.train runs "
-            "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
-        )
-    device = device or resolve_device(t.device)
-    splits = build_splits(cfg)
-    train_split = splits[cfg.data.train_split]
-    validate(cfg, num_train=len(train_split))
-    steps = total_steps(cfg, len(train_split))
-    points = eval_points(cfg, len(train_split), steps)
-    out_dir = Path(t.out_dir).expanduser().resolve()
-
-    torch.manual_seed(t.seed)
-    model = ViT(cfg.model, cfg.data.image_size).to(device)
-    optimizer = build_optimizer(model, cfg.optim, steps)
-    start, results, last_eval = 0, {}, {}
-    ckpt = Path(resume_from) if resume_from else latest_checkpoint(out_dir) if t.resume else None
-    if ckpt is None and rank == 0 and list(out_dir.glob("ckpt_*.pt")):
-        raise ConfigError(f"train.out_dir: {out_dir} already holds checkpoints and train.resume is false; "
-                          "choose an empty out_dir")
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location=device)
-        check_resumable(state["config"], cfg, ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start, results, last_eval = state["step"], state["results"], state["eval"]
-    end = steps if stop_at_step is None else min(steps, stop_at_step)
-    # The position embedding buffer is a constant: no buffer broadcasts. Eval runs on the bare model, since each
-    # rank evaluates its own shard and DDP's collectives would need the same number of forwards everywhere.
-    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False) if world > 1 else model
-    forward = torch.compile(wrapped) if t.compile else wrapped
-    eval_forward = forward if world == 1 else torch.compile(model) if t.compile else model
-
+    logger, t = logger or ConsoleLogger(), cfg.train
+    state = setup(cfg, device, resume_from)
+    end = state.steps if stop_at_step is None else min(state.steps, stop_at_step)
+    forward, eval_forward = forwards(state)
+    p = state.model.parametrization
     logger.start(cfg.to_dict(), {
-        "total_steps": steps, "start_step": start, "device": str(device), "train_images": len(train_split),
-        "resumed_from": str(ckpt) if ckpt else None, "out_dir": str(out_dir),
-        "parametrization": model.parametrization.name, "width_mult": model.parametrization.width_mult,
+        "total_steps": state.steps, "start_step": state.start, "device": str(state.device),
+        "train_images": len(state.splits[cfg.data.train_split]), "resumed_from": state.last_ckpt,
+        "out_dir": str(state.out_dir), "parametrization": p.name, "width_mult": p.width_mult,
     })
-    pin = device.type == "cuda"
-    eval_sets = {name: eval_loader(cfg, splits[name], pin, rank, world) for name in cfg.data.eval_splits}
-    batches = iter(train_loader(cfg, train_split, start, end, rank, world, pin_memory=pin))
-    last_ckpt = str(ckpt) if ckpt else None
-
-    def save(step: int) -> None:
-        nonlocal last_ckpt
-        if rank != 0:
-            logger.checkpoint(step, None)
-            return
-        path = save_checkpoint(out_dir, step, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "stream_position": step * t.batch_size, "config": cfg.to_dict(), "results": results, "eval": last_eval,
-        }, t.keep_ckpts)
-        last_ckpt = str(path)
-        logger.checkpoint(step, last_ckpt)
-
-    wall0 = time.perf_counter()
-    train_time = data_time = interval_time = 0.0
-    interval_images = trained_images = 0
-    model.train()
-    for step in range(start, end):
+    pin = state.device.type == "cuda"
+    eval_sets = {name: eval_loader(cfg, state.splits[name], pin, state.rank, state.world)
+                 for name in cfg.data.eval_splits}
+    batches = iter(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank, state.world,
+                                pin_memory=pin))
+    wall0, speed = time.perf_counter(), Throughput()
+    state.model.train()
+    for step in range(state.start, end):
         tick = time.perf_counter()
         images, labels = next(batches)
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
         fetched = time.perf_counter()
-        loss, grad_norm, lr = train_step(forward, optimizer, images, labels, step, t.accum_steps, cfg.optim.clip_norm,
-                                         t.precision, mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
-        if world > 1:  # the global batch's loss, and the same divergence decision on every rank
-            loss_t = torch.tensor(loss, dtype=torch.float64, device=device)
-            dist.all_reduce(loss_t)
-            loss = loss_t.item() / world
+        loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
+                                         cfg.optim.clip_norm, t.precision,
+                                         mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
         done = step + 1
-        if not torch.isfinite(torch.tensor(loss)):
-            raise TrainingDiverged(
-                f"loss became {loss} at step {done}; last good checkpoint: {last_ckpt or 'none'}. "
-                "Lower optim.lr or raise optim.warmup_steps"
-            )
-        elapsed = time.perf_counter() - tick
-        train_time += elapsed
-        interval_time += elapsed
-        data_time += fetched - tick
-        interval_images += len(labels) * world
-        trained_images += len(labels) * world
+        loss = global_loss(loss, state, done)
+        speed.add(time.perf_counter() - tick, fetched - tick, len(labels) * state.world)
         if done % t.log_every == 0 or done == end:
-            param_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in model.parameters()]))
-            logger.metrics(done, {
-                "train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                "train/param_norm": param_norm.item(), "train/images_per_s": interval_images / interval_time,
-                "train/data_time_frac": data_time / interval_time,
-            })
-            interval_images, interval_time, data_time = 0, 0.0, 0.0
-        if done in points:
-            values = {}
-            for name, loader in eval_sets.items():
-                last_eval[name] = evaluate(eval_forward, loader, device, t.precision)
-                values.update({f"{name}/{k}": v for k, v in last_eval[name].items()})
-            primary = last_eval[cfg.data.eval_splits[0]]["acc1"] if eval_sets else None
-            for ep in points[done]:
-                results[result_name(ep)] = primary
-                values[result_name(ep)] = primary
-            logger.metrics(done, values)
+            param_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in state.model.parameters()]))
+            logger.metrics(done, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                  "train/param_norm": param_norm.item(), **speed.interval()})
+        if done in state.points:
+            logger.metrics(done, evaluate_splits(state, done, eval_sets, eval_forward))
         if (t.ckpt_every and done % t.ckpt_every == 0) or done == end:
-            save(done)
-
-    wall = time.perf_counter() - wall0
+            save(state, done, logger)
     summary: dict[str, Any] = {
-        "steps": end, "total_steps": steps, "finished": end == steps, "wall_s": wall,
-        "images_per_s": trained_images / train_time if train_time else 0.0,
-        "eval": last_eval, **last_eval, **results, "checkpoint": last_ckpt, "out_dir": str(out_dir),
+        "steps": end, "total_steps": state.steps, "finished": end == state.steps,
+        "wall_s": time.perf_counter() - wall0,
+        "images_per_s": speed.images / speed.train_time if speed.train_time else 0.0,
+        "eval": state.last_eval, **state.last_eval, **state.results, "checkpoint": state.last_ckpt,
+        "out_dir": str(state.out_dir),
     }
     logger.end(summary)
     return summary
 
 
-def emit_summary(summary: dict[str, Any], path: str | None = None) -> None:
-    """The summary as one JSON line: the last line of stdout, and the whole of `path` when given."""
-    line = json.dumps(summary, default=str)
-    if path:
-        Path(path).write_text(line + "\n")
-    print(line)
-
-
 def param_groups_report(cfg: Config) -> str:
     """The model's parametrization and its optimiser groups, as --print-param-groups shows them."""
-    model = ViT(cfg.model, cfg.data.image_size)
+    model = build_model(cfg)
     p = model.parametrization
     head = (f"parametrization {p.name}: width_mult {p.width_mult:g}, hidden lr x {p.hidden_lr_mult:g}, "
             f"readout input x {p.readout_mult:g}, attention scale {p.attn_scale:.6g}")
-    return head + "\n" + describe_param_groups(param_groups(model), cfg.optim.weight_decay)
+    return head + "\n" + describe_param_groups(model_param_groups(model), cfg.optim.weight_decay)
 
 
 def main(argv: list[str] | None = None) -> int:

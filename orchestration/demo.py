@@ -1,9 +1,10 @@
 """`make demo`: the digits reproduction submitted with `ray job submit` to a Ray head on this machine.
 
 Starts a head on 127.0.0.1 unless one answers on the dashboard port, submits `python -m orchestration.train`
-with the project directory as the job's working dir, waits, stops the head if it started it, prints the result,
-writes the comparison report (runs/report/report.html) and says how to open the MLflow UI. Runs and checkpoints
-land in ./ray_results, MLflow in ./mlflow.db.
+with the project directory as the job's working dir, waits, stops the head if it started it and prints the
+result; the job's JSON summary is left in runs/demo_summary.json, from which `make demo` then draws the
+comparison report (`python -m dashboards.report --summary runs/demo_summary.json`). Runs and checkpoints land in
+./ray_results, MLflow in ./mlflow.db.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dashboards.report import build_report
 from mupvit.config import ConfigError, load_config
 from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
 from orchestration.train_job import train_job_command, train_job_env
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args(argv)
     try:
-        experiment = load_config(args.config, args.overrides).tracking.experiment  # a bad config fails first
+        load_config(args.config, args.overrides)  # a bad config fails before a head starts
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val top-1 {100 * summary.get('final/val/acc1', float('nan')):.2f}%  "
           + "  ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(results.items())))
     print(f"MLflow run {summary['mlflow_run_id']} ({summary['run_name']}) in {summary['tracking_uri']}")
-    page = build_report(summary["tracking_uri"], root / "runs" / "report", experiments=[experiment])
-    print(f"comparison report: {page}")
-    print("open the MLflow UI: make ui   (or python -m dashboards.ui; then http://127.0.0.1:5000)")
+    print(f"summary: {summary_path}")
     return 0
 
 

@@ -24,16 +24,16 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from mupvit.config import ConfigError, load_config, total_steps
-from mupvit.train import emit_summary
+from mupvit.config import Config, ConfigError, load_config, total_steps
+from mupvit.models.shapes import model_shape
+from mupvit.results import emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
+from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_reachable, check_store_shared, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log, prepare
-
-TABLE_KEYS = ("model.parametrization", "model.width", "optim.lr")
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
@@ -88,25 +88,27 @@ def check_room(spec: SweepSpec) -> None:
                                f"or trial_{key.lower()}s")
 
 
-def results_table(df: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
-    """One row per trial: the searched values, the metric, the steps it ran, whether it diverged."""
-    columns = {f"config/{k}": k for k in spec.space}
-    out = df.rename(columns=columns)[[*columns.values(), spec.metric, "step", "trial_id"]].copy()
-    out["diverged"] = df["diverged"].fillna(0).astype(bool) if "diverged" in df else False
-    if "optim.lr" in out:
-        out["log2_lr"] = out["optim.lr"].map(lambda lr: round(math.log2(lr), 2))
-    return out.sort_values(list(columns.values())).reset_index(drop=True)
+def results_table(df: pd.DataFrame, spec: SweepSpec, base: Config, steps: int) -> pd.DataFrame:
+    """Tune's trial results as the trial table of orchestration.sweep_results (plus the step each trial reached);
+    a setting the sweep does not search is the base experiment's."""
+    def searched(key: str, default: Any) -> pd.Series:
+        column = f"config/{key}"
+        return df[column] if column in df else pd.Series([default] * len(df), index=df.index)
 
-
-def best_lr_table(table: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
-    """Best learning rate per (parametrization, width), among the trials that did not diverge."""
-    groups = [k for k in ("model.parametrization", "model.width") if k in table]
-    ok = table[~table["diverged"]]
-    if ok.empty or "optim.lr" not in table:
-        return pd.DataFrame()
-    pick = ok.loc[ok.groupby(groups)[spec.metric].idxmin() if spec.mode == "min"
-                  else ok.groupby(groups)[spec.metric].idxmax()] if groups else ok.nsmallest(1, spec.metric)
-    return pick[[*groups, "optim.lr", "log2_lr", spec.metric]].reset_index(drop=True)
+    lr = searched("optim.lr", base.optim.lr).astype(float)
+    step = df["step"].fillna(0).astype(int) if "step" in df else pd.Series([0] * len(df), index=df.index)
+    diverged = df["diverged"].fillna(0).astype(bool) if "diverged" in df else pd.Series(False, index=df.index)
+    value = df[spec.metric].astype(float) if spec.metric in df else pd.Series(math.nan, index=df.index)
+    table = pd.DataFrame({
+        "sweep": spec.name, "trial_id": df["trial_id"],
+        "parametrization": searched("model.parametrization", base.model.parametrization),
+        "width": searched("model.width", model_shape(base.model).width).astype(int),
+        "lr": lr, "log2_lr": lr.map(lambda v: round(math.log2(v), 2)), "metric": spec.metric, "mode": spec.mode,
+        "value": value.where(value.map(math.isfinite)), "diverged": diverged,
+        # only a scheduler stops trials early; without one every trial ran its whole budget
+        "early_stopped": ~diverged & (step < steps) if spec.scheduler != "none" else False, "step": step,
+    })
+    return table.sort_values(["parametrization", "width", "lr"]).reset_index(drop=True)
 
 
 def close_children(client: MlflowClient, experiment_id: str, parent_id: str, last_steps: dict[str, int],
@@ -126,11 +128,10 @@ def close_children(client: MlflowClient, experiment_id: str, parent_id: str, las
 
 def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) -> tuple[list[str], float]:
     """The full-width reproduction's overrides: µP's best lr at the widest proxy, with the proxies' base width."""
-    rows = best[best["model.parametrization"] == "mup"] if "model.parametrization" in best else best
+    rows = best[(best["parametrization"] == "mup") & best["best lr"].notna()]
     if rows.empty:
         raise ConfigError("--transfer-to: the sweep has no finished µP trial to transfer from")
-    row = rows.sort_values("model.width").iloc[-1] if "model.width" in rows else rows.iloc[0]
-    lr = float(row["optim.lr"])
+    lr = float(rows.sort_values("width").iloc[-1]["best lr"])
     sets = [f"optim.lr={lr:.6g}", "model.parametrization=mup", f"model.base_width={base_width}"]
     load_config(target, sets)  # the transferred config must be valid
     return sets, lr
@@ -178,8 +179,8 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
-    table = results_table(grid.get_dataframe(), spec)
-    best = best_lr_table(table, spec)
+    table = results_table(grid.get_dataframe(), spec, base, steps)
+    best = best_lr_table(table)
     close_children(client, experiment_id, parent_id, dict(zip(table["trial_id"], table["step"].fillna(0), strict=True)),
                    steps)
     client.log_text(parent_id, table.to_csv(index=False), "trials.csv")

@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from mupvit.config import Config, ConfigError, load_config, total_steps, validate
-from mupvit.parametrization import with_width
+from mupvit.config import Config, ConfigError, load_config, parse_override, total_steps, validate
+from mupvit.config_yaml import read_yaml
+from mupvit.models.parametrization import with_width
 
 DOMAINS = ("grid", "log2_grid", "choice", "loguniform", "uniform")
 ALGORITHMS = ("grid", "random", "optuna")
@@ -96,12 +97,10 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
     p = str(path)
     if not Path(p).is_file():
         raise ConfigError(f"sweep file not found: {p}")
-    raw = yaml.safe_load(Path(p).read_text()) or {}
+    raw = read_yaml(Path(p)) or {}
     for text in sets:  # --set applies to the sweep's fixed overrides
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
-        raw.setdefault("overrides", {})[key.strip()] = yaml.safe_load(value)
+        key, value = parse_override(text)
+        raw.setdefault("overrides", {})[key] = value
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise _fail(p, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")

@@ -13,28 +13,33 @@ import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mupvit.config import Config, ConfigError
+from mupvit.config import Config, ConfigError, flatten
 from mupvit.logger import RunLogger
+from mupvit.results import PAPER_TAG, paper_acc1
 
 RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
-PAPER_TAG = "mupvit.paper_acc1"
-# train/loss_avg, the sweeps' default metric: mean of the last logged train losses (steadier than one batch)
-LOSS_WINDOW = 20
+DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be used; the message says which URI and why."""
 
 
-def tracking_uri(cfg: Config, base_dir: Path) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else a SQLite file in `base_dir`; relative SQLite paths are made
-    absolute against `base_dir` (Ray workers run in their own temp directories)."""
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+def resolve_uri(given: str | None, base_dir: Path, source: str = "tracking.uri") -> str:
+    """The store to use: `given`, else $MLFLOW_TRACKING_URI, else a SQLite file in `base_dir`. Relative SQLite paths
+    are made absolute against `base_dir` (Ray workers run in their own temp directories, and MLflow would resolve
+    them against whatever directory it runs in). A bare path is refused, naming `source` (the key or flag)."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{(base_dir / uri.removeprefix('sqlite:///')).resolve()}"
     if "://" not in uri:  # a bare path: MLflow's file store, which 3.x refuses by default
-        raise ConfigError(f"tracking.uri: {uri!r} is a file path; use sqlite:///path/mlflow.db or http://host:port")
+        raise ConfigError(f"{source}: {uri!r} is a file path; use sqlite:///path/mlflow.db or http://host:port")
     return uri
+
+
+def tracking_uri(cfg: Config, base_dir: Path) -> str:
+    """The store of a run: tracking.uri resolved by `resolve_uri`."""
+    return resolve_uri(cfg.tracking.uri, base_dir)
 
 
 def check_store_shared(uri: str, nodes: int) -> None:
@@ -71,19 +76,6 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"MLflow SQLite store {uri}: folder {folder} does not exist or is not writable")
 
 
-def paper_acc1(cfg: Config) -> float | None:
-    """The paper's ImageNet top-1 for this exact setting, when it gives one (RECIPE.md): 90-epoch S/16 recipe
-    with the MLP head 76.5, with a linear head 76.7."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    recipe = (d.dataset == "imagenet" and m.variant == "S/16" and m.width in (None, 384) and m.pool == "gap"
-              and m.posemb == "sincos2d" and t.batch_size == 1024 and t.epochs == 90 and t.total_steps is None
-              and o.lr == 1e-3 and o.weight_decay == 1e-4 and d.randaug_layers == 2 and d.randaug_magnitude == 10
-              and d.mixup_alpha == 0.2 and m.parametrization == "sp")
-    if not recipe:
-        return None
-    return {"mlp": 76.5, "linear": 76.7}[m.head]
-
-
 def git_state(repo: Path) -> tuple[str, bool | None]:
     """(commit, dirty) of `repo`; under `ray job submit` the working dir has no .git, so $MUPVIT_GIT_COMMIT
     (set by the submit command) stands in."""
@@ -95,16 +87,6 @@ def git_state(repo: Path) -> tuple[str, bool | None]:
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("MUPVIT_GIT_COMMIT", "unknown"), None
-
-
-def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)
-    return out
 
 
 def run_tags(cfg: Config, run_key: str, repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -144,7 +126,7 @@ def open_run(client: MlflowClient, cfg: Config, run_key: str, repo: Path,
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_key, tags=tags)
-    params = [Param(k, v[:6000]) for k, v in flat_params(cfg.to_dict()).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg.to_dict()).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=params[i:i + 100])
     return run.info.run_id, "NEW"

@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from mupvit.config import Config, ConfigError, load_config, validate
 from mupvit.data import DataError, build_splits
-from mupvit.train import emit_summary
+from mupvit.results import emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop

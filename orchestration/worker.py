@@ -20,8 +20,9 @@ import ray.train.torch
 
 from mupvit.config import config_from_dict
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
+from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
-from orchestration.tracking import LOSS_WINDOW, MlflowLogger
+from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

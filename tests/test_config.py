@@ -8,17 +8,15 @@ from pathlib import Path
 import pytest
 
 from mupvit.config import (
-    VARIANTS,
     Config,
     ConfigError,
     ModelConfig,
-    ModelShape,
     load_config,
-    model_shape,
     parse_override,
     steps_for_epochs,
     total_steps,
 )
+from mupvit.models.shapes import VARIANTS, ModelShape, model_shape
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 HEADLINE = EXPERIMENTS / "vit_s16_i1k_90ep.yaml"

@@ -7,7 +7,8 @@ import csv
 import pytest
 
 from mupvit.config import load_config
-from mupvit.coord_check import LAYERS, coord_check, main, slopes
+from mupvit.coord_check import coord_check, main
+from mupvit.coord_results import LAYERS, slopes
 
 SMALL = ["data.image_size=16", "data.eval_resize=16", "model.depth=2", "train.batch_size=32", "optim.lr=1e-3",
          "train.total_steps=100", "data.num_workers=0"]

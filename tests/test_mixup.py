@@ -11,7 +11,7 @@ from scipy import stats
 
 from mupvit.config import ModelConfig, OptimConfig
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
-from mupvit.model import ViT
+from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
 from mupvit.train import train_step
 

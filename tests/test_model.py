@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from mupvit.config import ModelConfig, model_shape
-from mupvit.model import EncoderBlock, MlpBlock, ViT, decay_mask, posemb_sincos_2d
+from mupvit.config import ModelConfig
+from mupvit.models.shapes import model_shape
+from mupvit.models.vit import EncoderBlock, MlpBlock, ViT, decay_mask, posemb_sincos_2d
 
 # JAX's truncated_normal(-2, 2) has this std relative to the untruncated normal (RECIPE.md).
 TRUNC_CORRECTION = 0.87962566103423978

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mupvit.config import ModelConfig, OptimConfig, load_config, steps_for_epochs, total_steps
-from mupvit.model import ViT, decay_mask
+from mupvit.models.vit import ViT, decay_mask
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, warmup_cosine
 
 HEADLINE = Path(__file__).resolve().parents[1] / "experiments" / "vit_s16_i1k_90ep.yaml"

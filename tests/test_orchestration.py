@@ -119,7 +119,7 @@ def test_ray_job_submit_runs_and_mlflow_records_it(ray_env, digits_root, tmp_pat
 
 def test_paper_reference_tag_for_the_headline_recipe():
     from mupvit.config import load_config
-    from orchestration.tracking import paper_acc1
+    from mupvit.results import paper_acc1
 
     assert paper_acc1(load_config(REPO / "experiments/vit_s16_i1k_90ep.yaml")) == 76.7
     assert paper_acc1(load_config(REPO / "experiments/vit_s16_i1k_90ep_mlp_head.yaml")) == 76.5

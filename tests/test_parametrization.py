@@ -9,9 +9,9 @@ import torch
 
 from mupvit.checkpoint import load_checkpoint
 from mupvit.config import ConfigError, ModelConfig, OptimConfig, config_from_dict
-from mupvit.model import ViT
-from mupvit.optim import build_optimizer, describe_param_groups, param_groups
-from mupvit.parametrization import param_role, parametrization, with_width
+from mupvit.models.parametrization import parametrization, with_width
+from mupvit.models.vit import ViT
+from mupvit.optim import build_optimizer, describe_param_groups, model_param_groups
 from mupvit.train import main, run
 
 from .helpers import QuietLogger, tiny_config
@@ -60,7 +60,7 @@ def test_multipliers_are_exactly_one_at_base_width():
 
 def test_param_roles_and_group_lr_multipliers():
     model = model_at(128, head="mlp", posemb="learn", pool="tok")
-    groups = param_groups(model)
+    groups = model_param_groups(model)
     by_role = {g["role"]: g for g in groups}
     assert by_role["hidden"]["lr_mult"] == 0.25
     assert by_role["input"]["lr_mult"] == by_role["readout"]["lr_mult"] == by_role["vector"]["lr_mult"] == 1.0
@@ -83,7 +83,7 @@ def test_param_roles_and_group_lr_multipliers():
 
 def test_sp_groups_have_unit_multipliers_at_any_width():
     model = ViT(with_width(ModelConfig(**BASE), 128), 16)
-    assert {g["lr_mult"] for g in param_groups(model)} == {1.0}
+    assert {g["lr_mult"] for g in model_param_groups(model)} == {1.0}
     assert model.head.mult == 1.0 and model.parametrization.width_mult == 4.0
 
 
@@ -127,7 +127,7 @@ def test_weight_decay_does_not_change_with_width_or_lr_multiplier():
             p.grad = torch.zeros_like(p)
         opt.step(10)  # zero gradients: only the decay moves the kernels, by schedule (1.0) x wd
         for name, p in model.named_parameters():
-            factor = 0.9 if param_role(name, p) != "vector" else 1.0
+            factor = 0.9 if model.param_roles()[name] != "vector" else 1.0
             torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0)
 
 
@@ -190,5 +190,5 @@ def test_print_param_groups(capsys):
 
 def test_describe_param_groups_lists_every_group():
     model = model_at(64)
-    text = describe_param_groups(param_groups(model), 1e-4)
+    text = describe_param_groups(model_param_groups(model), 1e-4)
     assert [line.split()[0] for line in text.splitlines()] == ["role", "hidden", "input", "readout", "vector"]

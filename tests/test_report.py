@@ -18,12 +18,15 @@ from mlflow.tracking import MlflowClient
 from dashboards.curves import EVAL_TOP1, TRAIN_LOSS, training_curves
 from dashboards.report import build_report, main
 from dashboards.runs import Histories, fetch_runs
-from dashboards.sweeps import LOSS_WINDOW, best_lr_table, sweep_trials
+from dashboards.sweeps import sweep_trials
 from dashboards.tables import ablation_order, ablation_table, reproduction_table
-from mupvit.coord_check import coord_check, write_csv
+from mupvit.coord_check import coord_check
+from mupvit.coord_results import write_csv
+from mupvit.results import LOSS_WINDOW, PAPER_TAG
 from mupvit.train import TrainingDiverged, run
+from orchestration.sweep_results import TRIAL_COLUMNS, best_lr_table
 from orchestration.sweep_spec import load_sweep, with_trial_settings
-from orchestration.tracking import PAPER_TAG, MlflowLogger, open_run
+from orchestration.tracking import MlflowLogger, open_run
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,6 +160,7 @@ def test_sweep_trials_best_lr_and_divergence(store):
     histories = Histories(store.client)
     trials = sweep_trials(fetch_runs(store.client, ["sweep"]), store.client, histories)
     assert len(trials) == 9 and set(trials["parent_run_id"]) == {store.ids["parent"]}
+    assert set(TRIAL_COLUMNS) <= set(trials.columns)  # the sweep CLI's trial table, read back from MLflow
     diverged = trials[trials["diverged"]]
     assert len(diverged) == 1 and diverged["log2_lr"].iloc[0] == 126 and diverged["value"].isna().all()
     for _, trial in trials[~trials["diverged"]].iterrows():

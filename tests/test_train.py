@@ -9,7 +9,7 @@ import torch
 
 from mupvit.checkpoint import list_checkpoints, load_checkpoint
 from mupvit.config import ConfigError, ModelConfig, OptimConfig, config_from_dict
-from mupvit.model import ViT
+from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
 from mupvit.train import TrainingDiverged, eval_points, main, run, train_step
 

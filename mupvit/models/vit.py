@@ -1,6 +1,7 @@
 """The "simple ViT" of big_vision (models/vit.py) in PyTorch, initialised with JAX/flax semantics.
 
 Parameter names follow big_vision's module tree so its checkpoints map one-to-one (docs/MODEL.md has the table).
+Each parameter's µP role (and so its Adam lr multiplier and weight decay) is decided here, by the module that owns it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mupvit.config import ModelConfig, model_shape
-from mupvit.parametrization import parametrization
+from mupvit.config import ModelConfig
+from mupvit.models.parametrization import parametrization
+from mupvit.models.shapes import model_shape
 
 LN_EPS = 1e-6
 # JAX's truncated_normal(-2, 2) has std 0.8796 of the untruncated one; lecun_normal divides it out.
@@ -179,6 +181,16 @@ class ViT(nn.Module):
         if self.pre_logits is not None:
             x = torch.tanh(self.pre_logits(x))
         return self.head(x)
+
+    def param_roles(self) -> dict[str, str]:
+        """The µP role (mupvit/models/parametrization.py) of every parameter, by the module that owns it."""
+        hidden = [layer.weight for block in self.blocks
+                  for layer in (block.attn.qkv, block.attn.out, block.mlp.fc1, block.mlp.fc2)]
+        if self.pre_logits is not None:
+            hidden.append(self.pre_logits.weight)
+        roles = {id(p): "hidden" for p in hidden}
+        roles |= {id(self.patch_embed.weight): "input", id(self.head.weight): "readout"}
+        return {name: roles.get(id(p), "vector") for name, p in self.named_parameters()}
 
 
 def decay_mask(name: str, param: torch.Tensor) -> bool:

@@ -21,13 +21,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+from mupvit.models.shapes import model_shape, widened_shape
 
-from mupvit.config import ModelConfig, model_shape, widened_shape
+if TYPE_CHECKING:
+    from mupvit.config import ModelConfig
 
 ROLES = ("hidden", "input", "readout", "vector")
-_HIDDEN_KERNELS = (".attn.qkv.weight", ".attn.out.weight", ".mlp.fc1.weight", ".mlp.fc2.weight", "pre_logits.weight")
+# big_vision decays kernels only: every role but "vector" (biases, LayerNorm, position embedding, class token).
+DECAYED_ROLES = frozenset({"hidden", "input", "readout"})
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,3 @@ def with_width(cfg: ModelConfig, width: int) -> ModelConfig:
     shape = widened_shape(model_shape(cfg), width, cfg.widening)
     return dataclasses.replace(cfg, width=width, num_heads=shape.num_heads, mlp_dim=shape.mlp_dim)
 
-
-def param_role(name: str, param: nn.Parameter) -> str:
-    """µP role of a ViT parameter, by its name in the module tree."""
-    if param.ndim >= 2 and name.endswith(_HIDDEN_KERNELS):
-        return "hidden"
-    if name == "patch_embed.weight":
-        return "input"
-    if name == "head.weight":
-        return "readout"
-    return "vector"
