@@ -83,7 +83,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0, help="also time our pipeline in a DataLoader")
+    parser.add_argument("--tiny", action="store_true", help="2 images, 1 round (the test suite's smoke run)")
     args = parser.parse_args()
+    if args.tiny:
+        args.images, args.rounds = 2, 1
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), args.images)

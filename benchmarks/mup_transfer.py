@@ -108,7 +108,11 @@ def main() -> int:
     parser.add_argument("--parametrizations", nargs="+", default=["sp", "mup"], choices=["sp", "mup"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default="runs/mup_transfer")
+    parser.add_argument("--tiny", action="store_true",
+                        help="2 widths x 2 lrs x 1 seed of 3 steps (the test suite's smoke run)")
     args = parser.parse_args()
+    if args.tiny:
+        args.widths, args.log2_lrs, args.seeds, args.steps, args.warmup = [32, 64], [-9, -8], [0], 3, 1
 
     base = load_config(args.config, [*DEFAULT_SETS, f"train.total_steps={args.steps}",
                                      f"optim.warmup_steps={args.warmup}", f"model.base_width={args.base_width}",

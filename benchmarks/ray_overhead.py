@@ -36,12 +36,21 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "experiments/demo_digits.yaml"))
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--address", help="run on this Ray cluster instead of a local Ray started per run "
+                                          "(start-up then excludes starting Ray)")
+    parser.add_argument("--tiny", action="store_true", help="one round of 4 steps (the test suite's smoke run)")
     args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.rounds = 4, 1
     sets = [f"train.total_steps={args.steps}", "train.epochs=null", "train.eval_at_epochs=[]",
-            f"train.eval_every={args.steps}", f"train.ckpt_every={args.steps}", "optim.warmup_steps=10"]
+            f"train.eval_every={args.steps}", f"train.ckpt_every={args.steps}",
+            f"optim.warmup_steps={min(10, args.steps - 1)}"]
     flags = [arg for s in sets for arg in ("--set", s)]
-    # A local Ray per orchestrated run (start-up included in its figure), not a cluster named in the environment.
+    # A local Ray per orchestrated run (start-up included in its figure), not a cluster named in the environment,
+    # unless --address names one.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
+    if args.address:
+        env["RAY_ADDRESS"] = args.address
     rows = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_sweep(path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=REPO, text=True,
+def run_sweep(path: Path, workdir: Path) -> dict:
+    """`python -m orchestration.sweep` in `workdir` (its ray_results/ and mlflow.db); the summary it prints."""
+    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=workdir, text=True,
                           stdout=subprocess.PIPE)
     if done.returncode != 0:
         raise SystemExit(f"sweep {path} failed (exit {done.returncode})")
@@ -30,7 +31,8 @@ def run_sweep(path: Path) -> dict:
 
 
 def best_log2(summary: dict) -> dict[tuple[str, int], float]:
-    return {(b["model.parametrization"], b["model.width"]): b["log2_lr"] for b in summary["best"]}
+    """(parametrization, width) -> log2 of the best lr, from the sweep summary (orchestration.sweep_results)."""
+    return {(b["parametrization"], b["width"]): b["log2 lr"] for b in summary["best"] if b["best lr"] is not None}
 
 
 def main() -> int:
@@ -40,18 +42,28 @@ def main() -> int:
     parser.add_argument("--grace", type=int, default=30, help="ASHA grace period in steps")
     parser.add_argument("--reduction", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=REPO, help="where the sweeps keep ray_results/ and mlflow.db")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 2-trial grid of 6 steps and 2 Optuna trials (the test suite's smoke run)")
     args = parser.parse_args()
 
-    grid = run_sweep(Path(args.sweep))
-    spec = yaml.safe_load(Path(args.sweep).read_text())
-    spec.update(name=f"{spec['name']}_optuna_asha_s{args.seed}", num_samples=args.samples,
-                search={"algorithm": "optuna", "seed": args.seed},
-                scheduler={"type": "asha", "grace_period": args.grace, "reduction_factor": args.reduction})
-    spec["base"] = str((REPO / spec["base"]).resolve())
+    grid_spec = yaml.safe_load(Path(args.sweep).read_text())
+    grid_spec["base"] = str((REPO / grid_spec["base"]).resolve())
+    if args.tiny:
+        grid_spec.update(name=f"tiny_{grid_spec['name']}", space={
+            "model.parametrization": {"grid": ["mup"]}, "model.width": {"grid": [32]},
+            "optim.lr": {"log2_grid": [-9, -8]}})
+        grid_spec["overrides"].update({"train.total_steps": 6, "optim.warmup_steps": 2, "train.ckpt_every": 3})
+        args.samples, args.grace = 2, 2
+    spec = {**grid_spec, "name": f"{grid_spec['name']}_optuna_asha_s{args.seed}", "num_samples": args.samples,
+            "search": {"algorithm": "optuna", "seed": args.seed},
+            "scheduler": {"type": "asha", "grace_period": args.grace, "reduction_factor": args.reduction}}
     with tempfile.TemporaryDirectory() as tmp:
-        variant = Path(tmp) / "optuna_asha.yaml"
-        variant.write_text(yaml.safe_dump(spec, sort_keys=False))
-        cheap = run_sweep(variant)
+        paths = Path(tmp) / "grid.yaml", Path(tmp) / "optuna_asha.yaml"
+        for path, content in zip(paths, (grid_spec, spec), strict=True):
+            path.write_text(yaml.safe_dump(content, sort_keys=False))
+        grid = run_sweep(paths[0], args.workdir)
+        cheap = run_sweep(paths[1], args.workdir)
 
     grid_best, cheap_best = best_log2(grid), best_log2(cheap)
     print(f"\n{'group':>12} {'grid best':>10} {'optuna+asha':>12}  within 1 step")

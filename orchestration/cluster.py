@@ -30,9 +30,10 @@ def connect(cfg: Config) -> str:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                                "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err
         return f"Ray cluster at {address}"
-    # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
-    ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level="WARNING")
+    # address="local": a new Ray of this run's own, even when another cluster runs on this machine (plain ray.init()
+    # would join that one). The dashboard serves the State API that Ray Train's placement-group cleaner polls.
+    ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
+             dashboard_host="127.0.0.1", logging_level="WARNING")
     return "a local Ray started for this run"
 
 

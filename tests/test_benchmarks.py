@@ -1,0 +1,57 @@
+"""Every script in benchmarks/ runs in its tiny mode, so a benchmark that breaks fails CI (the figures themselves
+are measured by hand, docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "benchmarks"
+TINY_TESTED = {"data_throughput.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
+               "train_throughput.py"}
+
+
+def tiny(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--tiny", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_every_benchmark_script_has_a_tiny_run_here():
+    assert {p.name for p in BENCHMARKS.glob("*.py")} == TINY_TESTED
+
+
+def test_train_throughput_takes_the_identical_step_in_both_models(tmp_path):
+    result = json.loads(tiny("train_throughput.py", cwd=tmp_path))
+    assert result["third_step_loss_diff"] < 1e-5  # same weights, same data, same optimiser: same loss
+    assert result["mupvit_images_per_s"] > 0 and result["timm_images_per_s"] > 0
+
+
+def test_data_throughput(tmp_path):
+    result = json.loads(tiny("data_throughput.py", cwd=tmp_path))
+    assert {"floor_images_per_s_per_core", "mupvit_images_per_s_per_core", "floor_over_mupvit"} <= set(result)
+
+
+def test_mup_transfer(tmp_path):
+    out = tiny("mup_transfer.py", "--config", str(REPO / "experiments/demo_digits.yaml"), "--out", str(tmp_path),
+               cwd=tmp_path)
+    assert "best log2 lr per width" in out and (tmp_path / "results.csv").is_file()
+    assert (tmp_path / "transfer.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ray_overhead(tmp_path):
+    out = tiny("ray_overhead.py", cwd=tmp_path)
+    assert "training-time ratio Ray/plain" in out
+
+
+@pytest.mark.slow
+def test_sweep_efficiency(tmp_path):
+    out = tiny("sweep_efficiency.py", "--workdir", str(tmp_path), cwd=tmp_path, timeout=600)
+    assert "trial-steps: grid" in out and "best lr within one grid step in 1/1" in out
