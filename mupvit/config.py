@@ -66,7 +66,7 @@ class ModelConfig:
     posemb: Literal["sincos2d", "learn", "none"] = "sincos2d"
     pool: Literal["gap", "tok"] = "gap"
     head: Literal["linear", "mlp"] = "linear"
-    # `mup` = maximal update parametrization for Adam (mupvit/parametrization.py, docs/MUP.md), with
+    # `mup` = maximal update parametrization for Adam (mupvit/models/parametrization.py, docs/MUP.md), with
     # m = width / base_width; at width == base_width it is `sp` bit for bit.
     parametrization: Literal["sp", "mup"] = "sp"
     base_width: int = 384
