@@ -39,7 +39,13 @@ class DataConfig:
     crop_area: list[float] = field(default_factory=lambda: [0.05, 1.0])
     crop_aspect: list[float] = field(default_factory=lambda: [0.75, 1.33])
     flip: bool = True
-    antialias: bool = True
+    # The train crop's resize: big_vision's decode_jpeg_and_inception_crop is bilinear without antialiasing; the
+    # PyTorch reproduction antialiased (true).
+    antialias: bool = False
+    # Eval resize of the shorter side: `tf_area` = big_vision's resize_small (TF's area method: each output pixel
+    # the area-weighted mean of the input it covers; long side rounded; truncating uint8 cast) + central_crop
+    # (floored offset); `torchvision_bilinear` = the PyTorch reproduction's Resize(antialias=True) + CenterCrop.
+    eval_resize_method: Literal["tf_area", "torchvision_bilinear"] = "tf_area"
     randaug_layers: int = 2  # 0 turns RandAugment off
     randaug_magnitude: int = 10
     # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.
@@ -66,6 +72,9 @@ class ModelConfig:
     posemb: Literal["sincos2d", "learn", "none"] = "sincos2d"
     pool: Literal["gap", "tok"] = "gap"
     head: Literal["linear", "mlp"] = "linear"
+    # big_vision's MLP uses flax nn.gelu, the tanh approximation; `exact` (erf) is the PyTorch reproduction's and
+    # timm's default.
+    gelu: Literal["tanh", "exact"] = "tanh"
     # `mup` = maximal update parametrization for Adam (mupvit/models/parametrization.py, docs/MUP.md), with
     # m = width / base_width; at width == base_width it is `sp` bit for bit.
     parametrization: Literal["sp", "mup"] = "sp"
@@ -86,6 +95,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     clip_norm: float | None = 1.0
     warmup_steps: int = 10_000
+    # Storage of Adam's first moment: big_vision's ImageNet configs keep it in bfloat16 (optax mu_dtype), rounded
+    # after each update; float32 is optax's default.
+    mu_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclass
@@ -106,6 +118,10 @@ class TrainConfig:
     keep_ckpts: int = 3
     out_dir: str = "runs/default"
     resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
+    # Start (not resume) from these weights: a mupvit .pt, a big_vision .npz or a timm-layout .safetensors.
+    init_from: str | None = None
+    # false: drop the file's classifier and train a fresh head (e.g. another model.num_classes)
+    init_head: bool = True
 
 
 @dataclass

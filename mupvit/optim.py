@@ -56,7 +56,9 @@ class BigVisionAdam:
     """Adam whose weight decay is `param -= schedule(t) * wd * param`, independent of the learning rate.
 
     torch's AdamW multiplies decay by lr; here decay is applied separately (before the Adam step, on the
-    pre-update parameter, as optax does), so it stays exact whatever each group's lr is.
+    pre-update parameter, as optax does), so it stays exact whatever each group's lr is. With mu_dtype bfloat16
+    the first moment is rounded to bfloat16 after each update (optax scale_by_adam(mu_dtype=...): the update
+    itself uses the unrounded moment); it is kept in float32 tensors holding bfloat16 values.
     """
 
     def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int) -> None:
@@ -81,6 +83,9 @@ class BigVisionAdam:
             if group["decay"] and self.cfg.weight_decay and group["params"]:
                 torch._foreach_mul_(group["params"], 1.0 - s * self.cfg.weight_decay)
         self.optimizer.step()
+        if self.cfg.mu_dtype == "bfloat16":
+            moments = [state["exp_avg"] for state in self.optimizer.state.values()]
+            torch._foreach_copy_(moments, [m.to(torch.bfloat16) for m in moments])
         return self.cfg.lr * s
 
     def zero_grad(self) -> None:

@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from mupvit.config import Config, config_from_dict, load_config
+from mupvit.config import Config, DataConfig, config_from_dict, load_config
 from mupvit.data import build_splits, eval_loader, train_loader
 from mupvit.data.datasets import DataError, Split, load_split, load_splits
 from mupvit.data.digits import build_digits
@@ -341,7 +341,20 @@ def test_train_transform_is_a_function_of_the_rng():
 def _expected_crop(image, seed, size, area, aspect):
     """The crop a TrainTransform should take for `seed`, without the flip."""
     top, left, h, w = random_resized_crop_box(np.random.default_rng(seed), *image.shape[-2:], area, aspect)
-    return to_unit_range(TF.resized_crop(image, top, left, h, w, [size, size], antialias=True))
+    return to_unit_range(TF.resized_crop(image, top, left, h, w, [size, size], antialias=False))
+
+
+def test_train_crop_resize_is_bilinear_without_antialias_by_default():
+    """big_vision decode_jpeg_and_inception_crop(224): tf.image.resize bilinear, antialias False (RECIPE.md)."""
+    assert DataConfig().antialias is False
+    image = _noise_image(64, 64)
+    crop = TrainTransform(16, (1.0, 1.0), (1.0, 1.0), crop="torchvision", flip=False)(image, np.random.default_rng(0))
+    plain = to_unit_range(TF.resize(image, [16, 16], antialias=False))
+    assert torch.equal(crop, plain)
+    assert not torch.equal(crop, to_unit_range(TF.resize(image, [16, 16], antialias=True)))
+    smooth = TrainTransform(16, (1.0, 1.0), (1.0, 1.0), crop="torchvision", flip=False, antialias=True)
+    expected = to_unit_range(TF.resize(image, [16, 16], antialias=True))
+    assert torch.equal(smooth(image, np.random.default_rng(0)), expected)
 
 
 def test_no_flip_when_flip_is_off():
@@ -416,16 +429,28 @@ def test_eval_scaling_is_exact(value):
         assert torch.equal(out, torch.full_like(out, -1.0 if value == 0 else 1.0))
 
 
-@pytest.mark.parametrize(("height", "width"), [(40, 80), (80, 40)])
-def test_eval_resizes_shorter_side_then_central_crop(height, width):
-    # White centre 40x40 with black bars on the long sides: resize 40->32 and crop 32 keeps only the centre.
+def bars(height: int, width: int) -> torch.Tensor:
+    """A white centre 40x40 with black bars on the long sides."""
     image = torch.zeros(3, height, width, dtype=torch.uint8)
     if width > height:
         image[:, :, 20:60] = 255
     else:
         image[:, 20:60, :] = 255
-    out = EvalTransform(32, 32)(image)
+    return image
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 80), (80, 40)])
+def test_eval_resizes_shorter_side_then_central_crop_tf_area(height, width):
+    # TF area 40->32 (ratio 1.25) and the floored central crop 32 cover exactly input [20, 60): all white.
+    out = EvalTransform(32, 32)(bars(height, width))
     assert out.shape == (3, 32, 32)
+    assert torch.equal(out, torch.ones(3, 32, 32))
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 80), (80, 40)])
+def test_eval_torchvision_bilinear_is_the_reproductions_resize(height, width):
+    image = bars(height, width)
+    out = EvalTransform(32, 32, "torchvision_bilinear")(image)
     resized = TF.resize(image, [32, 64] if width > height else [64, 32], antialias=True)
     assert torch.equal(out, to_unit_range(TF.center_crop(resized, [32, 32])))
     # Away from the crop edges (antialias blurs one pixel there) it is all centre, no bar.
@@ -436,9 +461,11 @@ def test_eval_resizes_shorter_side_then_central_crop(height, width):
 def test_eval_keeps_aspect_when_resizing():
     # 40x80 resized to shorter side 32 (-> 32x64) then cropped to 24: the crop is the centre of 32x64.
     image = _noise_image(40, 80)
-    out = EvalTransform(24, 32)(image)
+    out = EvalTransform(24, 32, "torchvision_bilinear")(image)
     resized = TF.resize(image, [32, 64], antialias=True)
     assert torch.equal(out, to_unit_range(resized[:, 4:28, 20:44]))
+    area = EvalTransform(24, 32)(image)
+    assert area.shape == (3, 24, 24) and not torch.equal(area, out)
 
 
 # ---------------------------------------------------------------- the digits demo

@@ -62,6 +62,7 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(two_rank_run, digit
     assert rank0["val"]["acc1"] == pytest.approx(single["val"]["acc1"], abs=1 / 359 + 1e-9)
     assert rank0["val"] == rank1["val"]
     a, b = load_checkpoint(rank0["checkpoint"])["model"], load_checkpoint(single["checkpoint"])["model"]
-    for name, tensor in a.items():
-        torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=1e-5)
+    for name, tensor in a.items():  # Adam normalises each coordinate's gradient, so the all-reduce's float order
+        # shows in coordinates whose gradients are near zero: a few 1e-5 after 20 steps; a DDP bug is >> 1e-3
+        torch.testing.assert_close(tensor, b[name], rtol=1e-4, atol=5e-5)
     assert rank1["checkpoint"] is None  # only rank 0 writes checkpoints

@@ -1,6 +1,7 @@
-"""Experiment files: `base:` inheritance, and the proof that the restructuring moved no setting. The fixture
+"""Experiment files: `base:` inheritance, and the proof that no setting moves unnoticed. The fixture
 tests/data/resolved_experiments.json holds every shipped experiment's fully resolved config (and each sweep's base
-config and first trial) as recorded before the ablations became `base:` diffs."""
+config and first trial). It was recorded before the ablations became `base:` diffs, and is re-recorded only with a
+deliberate change of a default or an experiment, whose fixture diff then shows exactly which settings moved."""
 
 from __future__ import annotations
 

@@ -325,9 +325,11 @@ def test_mlp_head_is_tanh_pre_logits():
         torch.testing.assert_close(model(x), model.head(torch.tanh(model.pre_logits(feats))))
 
 
-def test_gelu_is_exact_erf():
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
+def test_gelu_is_flax_tanh_by_default_and_erf_on_request(gelu):
+    """big_vision calls flax nn.gelu = jax.nn.gelu(approximate=True): 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))"""
     torch.manual_seed(0)
-    mlp = MlpBlock(64, 128).double()
+    mlp = MlpBlock(64, 128, gelu).double()
     mlp.reset_parameters()
     x = torch.randn(4, 10, 64, dtype=torch.float64) * 3  # fc1 outputs O(1), where erf and tanh GELU differ most
     h = mlp.fc1(x)
@@ -335,9 +337,16 @@ def test_gelu_is_exact_erf():
     gelu_tanh = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
     with torch.no_grad():
         out = mlp(x)
-        exact, approx = mlp.fc2(gelu_erf), mlp.fc2(gelu_tanh)
-    torch.testing.assert_close(out, exact, rtol=0, atol=1e-12)
-    assert (out - approx).abs().max() > 1e-6  # tanh approximation is distinguishable at this tolerance
+        want, other = (mlp.fc2(gelu_tanh), mlp.fc2(gelu_erf)) if gelu == "tanh" else (mlp.fc2(gelu_erf),
+                                                                                       mlp.fc2(gelu_tanh))
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    assert (out - other).abs().max() > 1e-6  # the two GELUs are distinguishable at this tolerance
+
+
+def test_the_model_default_is_tanh_gelu():
+    assert ModelConfig().gelu == "tanh"
+    assert small_model().blocks[0].mlp.approximate == "tanh"
+    assert small_model(gelu="exact").blocks[0].mlp.approximate == "none"
 
 
 def manual_attention(attn: nn.Module, x: torch.Tensor, scale: float) -> torch.Tensor:

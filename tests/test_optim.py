@@ -255,3 +255,38 @@ def test_adam_step_matches_manual_update():
             kept = p[name] * (1 - s * wd) if decay_mask(name, q) else p[name]
             p[name] = kept - lr * s * m_hat / (v_hat.sqrt() + eps)
             torch.testing.assert_close(q.detach().double(), p[name], rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_first_moment_is_rounded_after_each_update_as_optax_does():
+    """optax scale_by_adam(mu_dtype=bfloat16): mu = b1 mu + (1 - b1) g from the stored (bf16) mu, the update from
+    that unrounded mu, then mu stored as bfloat16 (big_vision's ImageNet configs: optax mu_dtype bfloat16)."""
+    assert load_config(HEADLINE).optim.mu_dtype == "bfloat16" and OptimConfig().mu_dtype == "float32"
+    lr, eps, b1, b2 = 1e-2, 1e-8, 0.9, 0.999
+    runs = {}
+    for mu_dtype in ("float32", "bfloat16"):
+        model = small_model()
+        opt = build_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0, warmup_steps=1, mu_dtype=mu_dtype), 10**6)
+        p = {name: q.detach().double().clone() for name, q in model.named_parameters()}
+        m = {name: torch.zeros_like(q) for name, q in p.items()}
+        v = {name: torch.zeros_like(q) for name, q in p.items()}
+        gen = torch.Generator().manual_seed(3)
+        for count in range(1, 6):
+            for q in model.parameters():
+                q.grad = torch.randn(q.shape, generator=gen)
+            grads = {name: q.grad.double() for name, q in model.named_parameters()}
+            opt.step(count)  # schedule 1.0 from step 1 (warmup 1)
+            for name in p:
+                g = grads[name]
+                m[name] = b1 * m[name] + (1 - b1) * g
+                v[name] = b2 * v[name] + (1 - b2) * g**2
+                p[name] = p[name] - lr * (m[name] / (1 - b1**count)) / ((v[name] / (1 - b2**count)).sqrt() + eps)
+                if mu_dtype == "bfloat16":
+                    m[name] = m[name].to(torch.bfloat16).double()
+        for name, q in model.named_parameters():
+            # float32 vs float64 arithmetic may round a moment at a bfloat16 tie differently: one ulp, lr * 2^-8 here
+            torch.testing.assert_close(q.detach().double(), p[name], rtol=1e-4, atol=1e-4)
+        moments = [s["exp_avg"] for s in opt.optimizer.state.values()]
+        stored_in_bf16 = all(torch.equal(mom, mom.to(torch.bfloat16).float()) for mom in moments)
+        assert stored_in_bf16 == (mu_dtype == "bfloat16")
+        runs[mu_dtype] = torch.cat([q.detach().flatten() for q in model.parameters()])
+    assert not torch.equal(runs["float32"], runs["bfloat16"])

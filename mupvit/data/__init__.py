@@ -72,7 +72,7 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
 def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
     """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded."""
     d = cfg.data
-    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.antialias))
+    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method))
     return DataLoader(
         dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world)),
         batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),

@@ -11,6 +11,7 @@ import torchvision.transforms.v2.functional as TF
 
 from mupvit.data.crop import tf_inception_crop_box
 from mupvit.data.randaugment import RandAugment
+from mupvit.data.resize import central_crop, resize_small
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ class TrainTransform:
     RandAugment (optional) -> [-1, 1]."""
 
     def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float], crop: str = "tf",
-                 flip: bool = True, antialias: bool = True, randaugment: RandAugment | None = None) -> None:
+                 flip: bool = True, antialias: bool = False, randaugment: RandAugment | None = None) -> None:
         self.size, self.area, self.aspect = size, tuple(area), tuple(aspect)
         self.crop_box = tf_inception_crop_box if crop == "tf" else random_resized_crop_box
         self.flip, self.antialias, self.randaugment = flip, antialias, randaugment
@@ -63,11 +64,15 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize the shorter side to `resize`, central crop `size`, [-1, 1] (big_vision's eval pipeline)."""
+    """Resize the shorter side to `resize`, central crop `size`, [-1, 1]. `method` "tf_area" is big_vision's
+    resize_small + central_crop (mupvit/data/resize.py); "torchvision_bilinear" the PyTorch reproduction's
+    Resize(antialias=True) + CenterCrop."""
 
-    def __init__(self, size: int, resize: int, antialias: bool = True) -> None:
-        self.size, self.resize, self.antialias = size, resize, antialias
+    def __init__(self, size: int, resize: int, method: str = "tf_area") -> None:
+        self.size, self.resize, self.method = size, resize, method
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = TF.resize(image, [self.resize], antialias=self.antialias)
+        if self.method == "tf_area":
+            return to_unit_range(central_crop(resize_small(image, self.resize), self.size))
+        image = TF.resize(image, [self.resize], antialias=True)
         return to_unit_range(TF.center_crop(image, [self.size, self.size]))

@@ -78,10 +78,13 @@ class Attention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-    def __init__(self, width: int, mlp_dim: int) -> None:
+    """Dense, GELU, Dense. `gelu`: "tanh" (flax nn.gelu's default, big_vision) or "exact" (erf)."""
+
+    def __init__(self, width: int, mlp_dim: int, gelu: str = "tanh") -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, mlp_dim)
         self.fc2 = nn.Linear(mlp_dim, width)
+        self.approximate = "tanh" if gelu == "tanh" else "none"
 
     def reset_parameters(self) -> None:
         for layer in (self.fc1, self.fc2):
@@ -89,7 +92,7 @@ class MlpBlock(nn.Module):
             nn.init.normal_(layer.bias, std=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, as RECIPE.md specifies
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class Readout(nn.Linear):
@@ -106,12 +109,13 @@ class Readout(nn.Linear):
 class EncoderBlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); no dropout, no layer scale."""
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, attn_scale: float, zero_init_query: bool) -> None:
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, attn_scale: float, zero_init_query: bool,
+                 gelu: str = "tanh") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
         self.attn = Attention(width, num_heads, attn_scale, zero_init_query)
         self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = MlpBlock(width, mlp_dim)
+        self.mlp = MlpBlock(width, mlp_dim, gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -136,7 +140,7 @@ class ViT(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, shape.width)) if cfg.pool == "tok" else None
         self.blocks = nn.ModuleList(
             EncoderBlock(shape.width, shape.num_heads, shape.mlp_dim, self.parametrization.attn_scale,
-                         cfg.zero_init_query)
+                         cfg.zero_init_query, cfg.gelu)
             for _ in range(shape.depth)
         )
         self.encoder_norm = nn.LayerNorm(shape.width, eps=LN_EPS)
