@@ -65,7 +65,9 @@ def reproduction_section(report: Report, runs: pd.DataFrame, histories: Historie
                       "split's accuracy at each N-epoch-equivalent step round(train images x N / batch), so runs of "
                       "any batch size compare at the same N. 'paper top-1' is the published ImageNet-1k number for "
                       "exactly this setting (tag mupvit.paper_acc1, blank where the paper gives none); 'diff vs "
-                      "paper' is our 90-epoch top-1 minus it, in percentage points.")
+                      "paper' is our 90-epoch top-1 minus it, in percentage points. 'departs from the paper' lists "
+                      "the settings in which the run's config differs from the paper's recipe (head and epochs "
+                      "aside), so a number can be read against 76.7 at a glance.")
     table = reproduction_table(runs, histories)
     if table.empty:
         section.note("No training runs outside sweeps were selected.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dashboards.runs import Histories, epoch_results, eval_split, model_width, number, text
-from mupvit.results import PAPER_EPOCHS, PAPER_TAG, PAPER_TOP1, epoch_label, result_name
+from mupvit.results import PAPER_EPOCHS, PAPER_TAG, PAPER_TOP1, departures, epoch_label, result_name
 
 # The contract with experiments/ablations/ (tag `ablation`): name -> the change, as the paper's table words it.
 ABLATIONS = {
@@ -68,6 +68,12 @@ def _results(run: pd.Series, histories: Histories) -> dict[str, float | None]:
     return cells
 
 
+def run_params(run: pd.Series) -> dict[str, str]:
+    """The run's logged config as dotted keys (the `params.*` columns that it has)."""
+    return {str(k).removeprefix("params."): v for k, v in run.items()
+            if str(k).startswith("params.") and isinstance(v, str)}
+
+
 def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame:
     """One row per training run: its setting, budget, speed, top-1/top-5 at every epoch-equivalent it logged, the
     paper's top-1 for that setting (tag mupvit.paper_acc1) and our 90-epoch top-1 minus it."""
@@ -92,6 +98,7 @@ def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame
             **_results(run, histories),
             "paper top-1 (%)": paper,
             "diff vs paper (pp)": round(ours - paper, 2) if ours is not None and paper is not None else None,
+            "departs from the paper": ", ".join(departures(run_params(run))) or "none",
             "run id": run["run_id"],
         })
     table = pd.DataFrame(rows)

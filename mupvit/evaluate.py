@@ -1,13 +1,28 @@
-"""Evaluation: softmax cross-entropy, top-1 and top-5 accuracy over a whole split."""
+"""Evaluation: softmax cross-entropy, top-1 and top-5 accuracy over a whole split; and the CLI that evaluates any
+supported checkpoint with a config's eval pipeline:
+
+    python -m mupvit.evaluate experiments/demo_digits.yaml --checkpoint runs/demo_digits/ckpt_000000428.pt
+    python -m mupvit.evaluate experiments/vit_s16_i1k_90ep.yaml --set data.root=/data/imagenet \
+        --checkpoint vit_s16_i1k_90ep.npz        # big_vision's published parameters
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from mupvit.config import ConfigError, load_config
+from mupvit.data import DataError, build_splits, eval_loader
+from mupvit.device import resolve_device
+from mupvit.models.registry import build_model
+from mupvit.models.weights import load_weights
+from mupvit.results import emit_summary
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,3 +54,41 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precisio
     if count == 0:
         raise ValueError("evaluate: the split yielded no batches")
     return {"acc1": top1 / count, "acc5": top5 / count, "loss": loss / count}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m mupvit.evaluate CONFIG --checkpoint PATH: the config's eval pipeline over its eval splits with the
+    weights of PATH (a mupvit .pt, a big_vision .npz or a timm-layout .safetensors); top-1/top-5 per split, then
+    the JSON summary line."""
+    parser = argparse.ArgumentParser(prog="python -m mupvit.evaluate", description=main.__doc__)
+    parser.add_argument("config", help="experiment YAML whose model, data and eval splits to use")
+    parser.add_argument("--checkpoint", required=True, help="weights: .pt (mupvit), .npz (big_vision), .safetensors")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.root=/data/imagenet (repeatable)")
+    parser.add_argument("--summary-json", metavar="PATH", help="also write the JSON summary to PATH")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.data.eval_splits:
+            raise ConfigError("data.eval_splits: empty; name the splits to evaluate, e.g. "
+                              "--set 'data.eval_splits=[val]'")
+        device = resolve_device(cfg.train.device)
+        model = build_model(cfg)
+        layout = load_weights(model, cfg, args.checkpoint)
+        splits = build_splits(cfg)
+        model.to(device)
+        summary: dict = {"checkpoint": args.checkpoint, "layout": layout}
+        for name in cfg.data.eval_splits:
+            loader = eval_loader(cfg, splits[name], pin_memory=device.type == "cuda")
+            summary[name] = evaluate(model, loader, device, cfg.train.precision)
+            print(f"{name}: top-1 {100 * summary[name]['acc1']:.2f}%  top-5 {100 * summary[name]['acc5']:.2f}%  "
+                  f"loss {summary[name]['loss']:.4f}  ({len(splits[name])} images)", file=sys.stderr)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    emit_summary(summary, args.summary_json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

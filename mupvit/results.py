@@ -17,6 +17,20 @@ PAPER_TOP1: dict[tuple[str, float], float] = {("recipe", 90.0): 76.5, ("head_lin
                                               ("recipe", 300.0): 80.0}
 PAPER_EPOCHS = 90.0  # paper_acc1 is a 90-epoch number
 PAPER_TAG = "mupvit.paper_acc1"  # MLflow tag with a run's paper_acc1, when the paper has one
+# The paper's recipe (big_vision's vit_s16_i1k config, ../shared/RECIPE.md) as dotted config keys. The head and the
+# epoch budget are left out: the paper reports both heads and several budgets (the report shows them as columns).
+PAPER_RECIPE: dict[str, Any] = {
+    "data.dataset": "imagenet", "data.train_split": "train_minus_minival", "data.image_size": 224,
+    "data.eval_resize": 256, "data.eval_resize_method": "tf_area", "data.crop": "tf", "data.crop_area": [0.05, 1.0],
+    "data.crop_aspect": [0.75, 1.33], "data.flip": True, "data.antialias": False, "data.randaug_layers": 2,
+    "data.randaug_magnitude": 10, "data.randaug_contrast": "big_vision", "data.mixup_alpha": 0.2,
+    "model.variant": "S/16", "model.posemb": "sincos2d", "model.pool": "gap", "model.gelu": "tanh",
+    "model.parametrization": "sp", "optim.lr": 0.001, "optim.b1": 0.9, "optim.b2": 0.999, "optim.eps": 1e-08,
+    "optim.weight_decay": 0.0001, "optim.clip_norm": 1.0, "optim.warmup_steps": 10000, "optim.mu_dtype": "bfloat16",
+    "train.batch_size": 1024,
+}
+# How a departure reads where "key=value" would say less.
+_DEPARTURE_TEXT = {("data.train_split", "train"): "train 100% instead of 99%"}
 # train/loss_avg, the sweeps' default metric: mean of the last LOSS_WINDOW logged train losses
 LOSS_WINDOW = 20
 _RESULT = re.compile(r"^acc1_at_(.+)ep$")
@@ -53,6 +67,21 @@ def paper_acc1(cfg: Config) -> float | None:
     if not recipe:
         return None
     return PAPER_TOP1["recipe" if m.head == "mlp" else "head_linear", PAPER_EPOCHS]
+
+
+def departures(params: dict[str, str]) -> list[str]:
+    """Where a run (its MLflow params: dotted config keys, values as text) departs from the paper's recipe, e.g.
+    ["gelu=exact", "crop=torchvision", "train 100% instead of 99%"]. Keys the run did not record are skipped."""
+    out = []
+    for key, paper in PAPER_RECIPE.items():
+        value = params.get(key)
+        if value is None or value == str(paper):
+            continue
+        out.append(_DEPARTURE_TEXT.get((key, value), f"{key.split('.', 1)[1]}={value}"))
+    width = params.get("model.width")
+    if params.get("model.variant") == "S/16" and width not in (None, "None", "384"):
+        out.append(f"width={width}")
+    return out
 
 
 def emit_summary(summary: dict[str, Any], path: str | None = None) -> None:

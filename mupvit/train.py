@@ -24,10 +24,12 @@ from mupvit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoin
 from mupvit.config import Config, ConfigError, flatten, load_config, steps_for_epochs, total_steps, validate
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
+from mupvit.device import resolve_device
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
 from mupvit.models.registry import build_model
 from mupvit.models.vit import ViT
+from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
 from mupvit.results import emit_summary, result_name
 
@@ -41,14 +43,6 @@ RESUMABLE_SECTIONS = ("cluster.", "tracking.")  # where and how a run is launche
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
@@ -153,6 +147,8 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
                           "choose an empty out_dir")
     if ckpt is not None:
         restore(state, ckpt)
+    elif t.init_from:
+        load_weights(model, cfg, t.init_from, keep_head=not t.init_head)
     return state
 
 

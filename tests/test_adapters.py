@@ -105,5 +105,5 @@ def test_models_timm_cannot_express_are_refused(fields, message):
 
 
 def test_unknown_layout():
-    with pytest.raises(AdapterError, match="unknown checkpoint layout 'jax'; known: timm"):
+    with pytest.raises(AdapterError, match="unknown checkpoint layout 'jax'; known: big_vision, timm"):
         adapter_for("jax", ModelConfig(**SHAPE), IMAGE)

@@ -353,3 +353,18 @@ def test_headline_holds_the_augmentation_recipe():
     d = load_config(HEADLINE).data
     assert (d.crop, d.randaug_layers, d.randaug_magnitude, d.randaug_contrast, d.mixup_alpha) == (
         "tf", 2, 10, "big_vision", 0.2)
+
+
+def test_departures_from_the_paper_recipe_are_named():
+    from mupvit.config import flatten
+    from mupvit.results import departures
+
+    def listed(path, *sets):
+        return departures({k: str(v) for k, v in flatten(load_config(path, list(sets)).to_dict()).items()})
+
+    assert listed(HEADLINE) == ["train 100% instead of 99%"]
+    assert listed(HEADLINE, "data.train_split=train_minus_minival", "data.num_train_examples=null") == []
+    assert listed(MLP_HEAD, "model.gelu=exact", "data.crop=torchvision") == [
+        "train 100% instead of 99%", "crop=torchvision", "gelu=exact"]
+    assert listed(HEADLINE, "model.width=768") == ["train 100% instead of 99%", "width=768"]
+    assert departures({"model.gelu": "exact"}) == ["gelu=exact"]  # keys a run did not log are not guessed

@@ -132,6 +132,11 @@ def test_reproduction_table_has_every_training_run_with_its_accuracies(store):
             assert found[f"top-5 @{n}ep (%)"] == pytest.approx(100 * acc5[step], abs=0.005)
         assert found["top-1 @150ep (%)"] != found["top-1 @150ep (%)"] or name == "recipe150"  # blank: not logged
 
+    # The departures from the paper's recipe, from each run's logged config (tiny digits runs depart a lot).
+    departs = row(table, store.ids["bs32"])["departs from the paper"]
+    assert departs.startswith("dataset=digits, ") and "image_size=16" in departs and "batch_size=32" in departs
+    assert "train 100% instead of 99%" in departs and "gelu" not in departs  # big_vision's tanh GELU is the default
+    assert "train 100% instead of 99%" not in row(table, store.ids["recipe90"])["departs from the paper"]
     tagged = row(table, store.ids["recipe90"])
     ours = 100 * metric(store, "recipe90", "acc1_at_90ep")
     assert tagged["paper top-1 (%)"] == 76.7

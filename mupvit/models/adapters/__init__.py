@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from mupvit.config import ModelConfig
 from mupvit.models.adapters.base import AdapterError, StateDictAdapter
+from mupvit.models.adapters.big_vision import BigVisionAdapter
 from mupvit.models.adapters.timm_vit import TimmAdapter
 
-ADAPTERS: dict[str, type[StateDictAdapter]] = {"timm": TimmAdapter}
+ADAPTERS: dict[str, type[StateDictAdapter]] = {"big_vision": BigVisionAdapter, "timm": TimmAdapter}
 
 
 def adapter_for(layout: str, cfg: ModelConfig, image_size: int) -> StateDictAdapter:

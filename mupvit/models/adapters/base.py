@@ -2,8 +2,10 @@
 
 An adapter is a named, two-way mapping: `to_foreign(state)` turns the model's full state (`full_state`: its
 state_dict plus the constant buffers a foreign layout may store, such as a fixed position embedding) into the
-foreign layout, and `from_foreign(tensors)` turns a foreign checkpoint back into a state_dict for the model.
-`load_foreign` loads strictly: every foreign tensor used, every expected tensor present, every shape checked.
+foreign layout, and `from_foreign(tensors)` turns a foreign checkpoint back into a state_dict for the model;
+`normalise` first brings a checkpoint's variants (prefixes, stacked layers, another position grid) to the one
+layout `to_foreign` writes. `load_foreign` loads strictly: every foreign tensor used, every expected tensor present,
+every shape checked, the errors in the foreign layout's own names.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class StateDictAdapter(ABC):
     def from_foreign(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A foreign checkpoint as the model's state_dict; raises AdapterError for keys it cannot place."""
 
+    def normalise(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint in any variant of the layout, as the variant `to_foreign` writes."""
+        return tensors
+
 
 def shape_text(tensor: torch.Tensor) -> str:
     return "x".join(map(str, tensor.shape)) or "scalar"
@@ -87,9 +93,24 @@ def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
         raise AdapterError(f"{source} does not fit the model: " + "; ".join(problems))
 
 
+HEAD = ("head.weight", "head.bias")
+
+
 def load_foreign(model: nn.Module, tensors: dict[str, torch.Tensor], adapter: StateDictAdapter,
-                 source: str = "checkpoint") -> None:
-    """Load a foreign checkpoint into `model` strictly (see `check_state`)."""
+                 source: str = "checkpoint", keep_head: bool = False) -> None:
+    """Load a foreign checkpoint into `model` strictly (see `check_state`). `keep_head`: the checkpoint's
+    classifier is dropped and the model keeps its own (freshly initialised, of its own num_classes)."""
+    where = f"{source} ({adapter.name} layout)"
+    model_state = model.state_dict()
+    expected = adapter.to_foreign(full_state(model))
+    tensors = adapter.normalise(tensors)
+    if keep_head:
+        head = adapter.to_foreign({k: model_state[k] for k in HEAD})
+        tensors = {k: v for k, v in tensors.items() if k not in head}
+        expected = {k: v for k, v in expected.items() if k not in head}
+    check_state(tensors, expected, where)
     state = adapter.from_foreign(tensors)
-    check_state(state, model.state_dict(), f"{source} ({adapter.name} layout)")
+    if keep_head:
+        state.update({k: model_state[k] for k in HEAD})
+    check_state(state, model_state, where)
     model.load_state_dict(state)
