@@ -1,8 +1,13 @@
 """Images/s per CPU core of the training input pipeline on ImageNet-sized JPEGs (500x375, generated), side by side:
 
-  floor        decode + resize to 224x224 (the least any pipeline does)
-  mupvit       decode + TF Inception crop + flip + big_vision RandAugment(2, 10) + scale (our train pipeline)
-  torchvision  decode + stock v2 RandomResizedCrop(224, scale=(0.05, 1)) + flip + RandAugment(2, 10) + scale
+  decode_pillow    Pillow decode + RGB conversion (the decoder before data.decode existed)
+  decode_accurate  libjpeg-turbo ISLOW IDCT (data.decode: accurate; Pillow's pixels)
+  decode_tf_fast   libjpeg-turbo fast IDCT (data.decode: tf_fast, the default; TF's pixels)
+  floor            tf_fast decode + resize to 224x224 (the least a faithful pipeline does)
+  mupvit           tf_fast decode + TF Inception crop + flip + big_vision RandAugment(2, 10) + scale (our train
+                   pipeline, default settings)
+  mupvit_pillow    the same pipeline with Pillow's decode
+  torchvision      Pillow decode + stock v2 RandomResizedCrop(224, scale=(0.05, 1)) + flip + RandAugment(2, 10)
 
 Each runs in this one process with one torch thread (per-core figures), in alternating rounds; the reported
 figure is the median round. `--workers N` also times our pipeline through the real DataLoader with N workers.
@@ -27,8 +32,10 @@ from PIL import Image
 
 from mupvit.config import config_from_dict
 from mupvit.data import train_loader
-from mupvit.data.datasets import Split, decode_rgb
+from mupvit.data.datasets import Split
+from mupvit.data.decode import decode_image, decode_with_pillow
 from mupvit.data.randaugment import RandAugment
+from mupvit.data.resize import to_uint8_truncating
 from mupvit.data.stream import sample_rng
 from mupvit.data.transforms import TrainTransform, to_unit_range
 
@@ -47,14 +54,23 @@ def write_jpegs(folder: Path, count: int) -> list[str]:
     return paths
 
 
+def pillow(path: str) -> torch.Tensor:
+    return torch.from_numpy(decode_with_pillow(path).copy()).permute(2, 0, 1)
+
+
 def pipelines() -> dict:
     ours = TrainTransform(224, (0.05, 1.0), (0.75, 1.33), crop="tf", randaugment=RandAugment(2, 10))
     stock = T.Compose([T.RandomResizedCrop(224, scale=(0.05, 1.0), antialias=True), T.RandomHorizontalFlip(),
                        T.RandAugment(num_ops=2, magnitude=10)])
     return {
-        "floor": lambda path, i: to_unit_range(TF.resize(decode_rgb(path), [224, 224], antialias=True)),
-        "mupvit": lambda path, i: ours(decode_rgb(path), sample_rng(0, i)),
-        "torchvision": lambda path, i: to_unit_range(stock(decode_rgb(path))),
+        "decode_pillow": lambda path, i: pillow(path),
+        "decode_accurate": lambda path, i: decode_image(path, "accurate"),
+        "decode_tf_fast": lambda path, i: decode_image(path, "tf_fast"),
+        "floor": lambda path, i: to_unit_range(to_uint8_truncating(TF.resize(decode_image(path).float(), [224, 224],
+                                                                             antialias=False))),
+        "mupvit": lambda path, i: ours(decode_image(path), sample_rng(0, i)),
+        "mupvit_pillow": lambda path, i: ours(pillow(path), sample_rng(0, i)),
+        "torchvision": lambda path, i: to_unit_range(stock(pillow(path))),
     }
 
 
@@ -98,9 +114,11 @@ def main() -> None:
             for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
                 rates[name].append(per_core_rate(fns[name], paths))
         result = {f"{name}_images_per_s_per_core": statistics.median(v) for name, v in rates.items()}
-        result["floor_over_mupvit"] = result["floor_images_per_s_per_core"] / result["mupvit_images_per_s_per_core"]
-        result["mupvit_over_torchvision"] = (result["mupvit_images_per_s_per_core"]
-                                             / result["torchvision_images_per_s_per_core"])
+        rate = {name: result[f"{name}_images_per_s_per_core"] for name in fns}
+        result["tf_fast_over_pillow_decode"] = rate["decode_tf_fast"] / rate["decode_pillow"]
+        result["mupvit_over_mupvit_pillow"] = rate["mupvit"] / rate["mupvit_pillow"]
+        result["floor_over_mupvit"] = rate["floor"] / rate["mupvit"]
+        result["mupvit_over_torchvision"] = rate["mupvit"] / rate["torchvision"]
         if args.workers:
             result[f"mupvit_loader_images_per_s_{args.workers}_workers"] = loader_rate(paths * 4, args.workers)
     print(json.dumps(result, indent=2))

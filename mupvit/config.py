@@ -46,6 +46,9 @@ class DataConfig:
     # the area-weighted mean of the input it covers; long side rounded; truncating uint8 cast) + central_crop
     # (floored offset); `torchvision_bilinear` = the PyTorch reproduction's Resize(antialias=True) + CenterCrop.
     eval_resize_method: Literal["tf_area", "torchvision_bilinear"] = "tf_area"
+    # JPEG decoding (train and eval): `tf_fast` = TF's default, libjpeg's fast integer IDCT (big_vision's pixels);
+    # `accurate` = the ISLOW IDCT (Pillow's pixels, big_vision's decode(precise=True)). Other formats: Pillow.
+    decode: Literal["tf_fast", "accurate"] = "tf_fast"
     randaug_layers: int = 2  # 0 turns RandAugment off
     randaug_magnitude: int = 10
     # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.

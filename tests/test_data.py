@@ -15,6 +15,7 @@ from mupvit.config import Config, DataConfig, config_from_dict, load_config
 from mupvit.data import build_splits, eval_loader, train_loader
 from mupvit.data.datasets import DataError, Split, load_split, load_splits
 from mupvit.data.digits import build_digits
+from mupvit.data.resize import to_uint8_truncating
 from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset, pass_order
 from mupvit.data.transforms import EvalTransform, TrainTransform, random_resized_crop_box, to_unit_range
 
@@ -341,19 +342,24 @@ def test_train_transform_is_a_function_of_the_rng():
 def _expected_crop(image, seed, size, area, aspect):
     """The crop a TrainTransform should take for `seed`, without the flip."""
     top, left, h, w = random_resized_crop_box(np.random.default_rng(seed), *image.shape[-2:], area, aspect)
-    return to_unit_range(TF.resized_crop(image, top, left, h, w, [size, size], antialias=False))
+    resized = TF.resized_crop(image.float(), top, left, h, w, [size, size], antialias=False)
+    return to_unit_range(to_uint8_truncating(resized))
 
 
-def test_train_crop_resize_is_bilinear_without_antialias_by_default():
-    """big_vision decode_jpeg_and_inception_crop(224): tf.image.resize bilinear, antialias False (RECIPE.md)."""
+def test_train_crop_resize_is_bilinear_without_antialias_then_truncated_by_default():
+    """big_vision decode_jpeg_and_inception_crop(224): tf.image.resize bilinear, antialias False, in float, then
+    tf.cast back to uint8, which truncates (RECIPE.md)."""
     assert DataConfig().antialias is False
-    image = _noise_image(64, 64)
-    crop = TrainTransform(16, (1.0, 1.0), (1.0, 1.0), crop="torchvision", flip=False)(image, np.random.default_rng(0))
-    plain = to_unit_range(TF.resize(image, [16, 16], antialias=False))
-    assert torch.equal(crop, plain)
-    assert not torch.equal(crop, to_unit_range(TF.resize(image, [16, 16], antialias=True)))
-    smooth = TrainTransform(16, (1.0, 1.0), (1.0, 1.0), crop="torchvision", flip=False, antialias=True)
-    expected = to_unit_range(TF.resize(image, [16, 16], antialias=True))
+    image = _noise_image(64, 48)
+    crop = TrainTransform(16, (1.0, 1.0), (0.75, 0.75), crop="torchvision", flip=False)(image, np.random.default_rng(0))
+    resized = TF.resize(image.float(), [16, 16], antialias=False)
+    assert torch.equal(crop, to_unit_range(to_uint8_truncating(resized)))
+    rounded = to_unit_range(TF.resize(image, [16, 16], antialias=False))  # torchvision on uint8 rounds
+    assert ((rounded - crop) * 127.5).mean() > 0.3  # a rounding resize sits ~0.5 grey level above truncation
+    assert not torch.equal(crop, to_unit_range(to_uint8_truncating(TF.resize(image.float(), [16, 16],
+                                                                             antialias=True))))
+    smooth = TrainTransform(16, (1.0, 1.0), (0.75, 0.75), crop="torchvision", flip=False, antialias=True)
+    expected = to_unit_range(to_uint8_truncating(TF.resize(image.float(), [16, 16], antialias=True)))
     assert torch.equal(smooth(image, np.random.default_rng(0)), expected)
 
 

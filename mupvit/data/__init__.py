@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from mupvit.config import Config
 from mupvit.data.datasets import DataError, Split, load_splits
+from mupvit.data.decode import decode_image
 from mupvit.data.digits import build_digits
 from mupvit.data.minival import MINIVAL, TRAIN_MINUS_MINIVAL, split_minival
 from mupvit.data.randaugment import RandAugment
@@ -47,6 +51,11 @@ def build_splits(cfg: Config) -> dict[str, Split]:
     return splits
 
 
+def decoder(cfg: Config) -> Callable[[str], torch.Tensor]:
+    """The image decoder of data.decode; train and eval decode alike, as in big_vision."""
+    return functools.partial(decode_image, method=cfg.data.decode)
+
+
 def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
     workers = cfg.data.num_workers
     return {
@@ -63,7 +72,7 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
     randaugment = RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
     transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias, randaugment)
     return DataLoader(
-        StreamDataset(split, transform, cfg.train.seed),
+        StreamDataset(split, transform, cfg.train.seed, decoder(cfg)),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
         **_loader_kwargs(cfg, pin_memory),
     )
@@ -72,7 +81,7 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
 def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
     """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded."""
     d = cfg.data
-    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method))
+    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method), decoder(cfg))
     return DataLoader(
         dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world)),
         batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),

@@ -5,10 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 
@@ -24,16 +20,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.samples)
-
-
-def decode_rgb(path: str) -> torch.Tensor:
-    """Decode an image file to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def _imagefolder_split(root: Path, split: str) -> Split:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mupvit.data.datasets import Split, decode_rgb
+from mupvit.data.datasets import Split
+from mupvit.data.decode import decode_image
 
 
 def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
@@ -30,8 +31,8 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 class StreamDataset(Dataset):
     """Map-style view of the stream: item p is (image, label) at stream position p."""
 
-    def __init__(self, split: Split, transform: Callable, seed: int) -> None:
-        self.split, self.transform, self.seed = split, transform, seed
+    def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_image) -> None:
+        self.split, self.transform, self.seed, self.decode = split, transform, seed, decode
         self._order_pass, self._order = -1, np.empty(0, dtype=np.int64)
 
     def index_at(self, position: int) -> int:
@@ -43,7 +44,7 @@ class StreamDataset(Dataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         path, label = self.split.samples[self.index_at(position)]
-        return self.transform(decode_rgb(path), sample_rng(self.seed, position)), label
+        return self.transform(self.decode(path), sample_rng(self.seed, position)), label
 
 
 class StreamBatchSampler(Sampler[list[int]]):
@@ -65,12 +66,12 @@ class StreamBatchSampler(Sampler[list[int]]):
 
 
 class EvalDataset(Dataset):
-    def __init__(self, split: Split, transform: Callable) -> None:
-        self.split, self.transform = split, transform
+    def __init__(self, split: Split, transform: Callable, decode: Callable = decode_image) -> None:
+        self.split, self.transform, self.decode = split, transform, decode
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.split.samples[index]
-        return self.transform(decode_rgb(path)), label
+        return self.transform(self.decode(path)), label

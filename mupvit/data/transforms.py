@@ -11,7 +11,7 @@ import torchvision.transforms.v2.functional as TF
 
 from mupvit.data.crop import tf_inception_crop_box
 from mupvit.data.randaugment import RandAugment
-from mupvit.data.resize import central_crop, resize_small
+from mupvit.data.resize import central_crop, resize_small, to_uint8_truncating
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
@@ -44,8 +44,9 @@ def random_resized_crop_box(
 
 
 class TrainTransform:
-    """big_vision's train pipeline after decode: Inception crop resized to `size` -> random horizontal flip ->
-    RandAugment (optional) -> [-1, 1]."""
+    """big_vision's train pipeline after decode: Inception crop resized to `size` (bilinear in float, then a
+    truncating cast to uint8, as tf.image.resize + tf.cast) -> random horizontal flip -> RandAugment (optional)
+    -> [-1, 1]."""
 
     def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float], crop: str = "tf",
                  flip: bool = True, antialias: bool = False, randaugment: RandAugment | None = None) -> None:
@@ -55,7 +56,9 @@ class TrainTransform:
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         top, left, h, w = self.crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
-        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=self.antialias)
+        # big_vision resizes in float and casts back to uint8 by truncation (resize on uint8 would round)
+        resized = TF.resized_crop(image.float(), top, left, h, w, [self.size, self.size], antialias=self.antialias)
+        image = to_uint8_truncating(resized)
         if self.flip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
         if self.randaugment is not None:
