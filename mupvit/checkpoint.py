@@ -6,13 +6,20 @@ Files hold only tensors and plain Python values, so they load with torch.load(we
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mupvit.errors import ConfigError
+
 FORMAT_VERSION = 1
+# What torch.load raises for a file that is cut short, not a checkpoint, or of another format version.
+UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
 
 
@@ -54,3 +61,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state.get('format_version')} is not {FORMAT_VERSION}")
     return state
+
+
+def load_latest_valid(directory: str | Path, map_location: str | torch.device = "cpu",
+                      warn: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `directory` that loads, and its state; each newer one that does not (truncated, not
+    a checkpoint) is reported through `warn` and left on disk. None without checkpoints; a ConfigError naming the
+    files when none of them loads."""
+    found = list_checkpoints(directory)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except UNREADABLE as err:
+            warn(f"warning: skipping {path}: not a readable checkpoint ({type(err).__name__}); trying the one before")
+    if found:
+        raise ConfigError(f"train.out_dir: none of the checkpoints in {directory} loads "
+                          f"({', '.join(p.name for p in found)}); move them away to start over, or set "
+                          "train.resume=false with a new train.out_dir")
+    return None

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from mupvit.config_yaml import chain_text, parse_yaml, read_experiment
-from mupvit.errors import ConfigError
+from mupvit.config_yaml import chain_text, parse_yaml, read_experiment, yaml_error
+from mupvit.errors import ConfigError, shown
 from mupvit.models.shapes import check_model
 
 
@@ -187,10 +187,14 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
+# Integers beyond this are no config value (and overflow torch and numpy seeds).
+MAX_INT = 2**63 - 1
+
+
+def coerce_value(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
+    bad = ConfigError(f"{key}: got {shown(value)}, expected {_describe(tp)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -202,7 +206,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(key, value, arg)
+                return coerce_value(key, value, arg)
             except ConfigError:
                 pass
         raise bad
@@ -210,7 +214,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         (item_tp,) = typing.get_args(tp)
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return [coerce_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -218,10 +222,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{key}: got {shown(value)}, expected an integer of at most {MAX_INT}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: got {value}, expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -235,10 +243,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(names), key=str)
     if unknown:
         where = prefix or "config"
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(names)}")
+        listed = ", ".join(shown(k, 40).strip("'") for k in unknown[:8]) + (f" (+{len(unknown) - 8} more)"
+                                                                          if len(unknown) > 8 else "")
+        raise ConfigError(f"{where}: unknown key(s) {listed}; allowed: {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name not in data:
@@ -248,7 +258,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, data[name], key)
         else:
-            kwargs[name] = _coerce(key, data[name], tp)
+            kwargs[name] = coerce_value(key, data[name], tp)
     return cls(**kwargs)
 
 
@@ -266,8 +276,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`optim.lr=3e-3` -> ("optim.lr", 0.003); the value is read as YAML (numbers, lists, null, ...)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
-    return key.strip(), parse_yaml(raw) if raw.strip() else ""
+        raise ConfigError(f"--set {shown(text)}: expected KEY=VALUE, e.g. --set optim.lr=3e-3")
+    try:
+        return key.strip(), parse_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key.strip()}: value {shown(raw)} is not valid YAML: {yaml_error(err)}") from None
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
@@ -325,11 +338,13 @@ def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
 
 
 # Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
-_POSITIVE = ("optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size", "train.devices", "train.accum_steps",
+_POSITIVE = ("data.image_size", "data.eval_resize", "optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size",
+             "train.devices", "train.accum_steps",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
              "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "cluster.num_workers",
              "cluster.cpus_per_worker", "cluster.keep_checkpoints", "cluster.gpus_per_worker", "cluster.fail_at_step")
-_NON_NEGATIVE = ("optim.weight_decay", "optim.warmup_steps", "data.num_workers", "data.randaug_layers",
+_NON_NEGATIVE = ("train.seed", "data.minival_seed", "optim.weight_decay", "optim.warmup_steps", "data.num_workers",
+                 "data.randaug_layers",
                  "data.mixup_alpha", "cluster.max_failures", "cluster.resource_wait_s")
 
 
@@ -400,7 +415,7 @@ def _check_budget(cfg: Config, num_train: int | None) -> None:
 
 def validate(cfg: Config, num_train: int | None = None) -> None:
     """Check cross-field constraints; `num_train` (the loaded dataset's size) enables the step checks."""
+    _check_numbers(cfg)
     check_model(cfg.model, cfg.data.image_size)
     _check_data(cfg.data, cfg.train.eval_every)
-    _check_numbers(cfg)
     _check_budget(cfg, num_train)

@@ -22,7 +22,26 @@ BASE_KEY = "base"
 
 
 class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot (3e-3) as numbers, as YAML 1.2 does."""
+    """SafeLoader that also reads exponent floats without a dot (3e-3) as numbers, as YAML 1.2 does, and refuses
+    what an experiment file never needs and what hides mistakes: a key given twice (the second would silently win)
+    and aliases (`*name`: a few lines of them expand to gigabytes)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in experiment files; "
+                                              "use `base:` to share settings", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 YamlLoader.add_implicit_resolver(
@@ -36,14 +55,25 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, YamlLoader)
 
 
+def yaml_error(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def read_yaml(path: Path) -> Any:
-    """The YAML document of `path`; a missing file or invalid YAML is a ConfigError naming the file."""
+    """The YAML document of `path`; a missing or unreadable file or invalid YAML is a ConfigError naming the file."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return parse_yaml(path.read_text())
+        return parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error(err)}") from None
 
 
 def merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

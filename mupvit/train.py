@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mupvit.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mupvit.checkpoint import checkpoint_path, load_checkpoint, load_latest_valid, save_checkpoint
 from mupvit.config import Config, ConfigError, flatten, load_config, steps_for_epochs, total_steps, validate
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
+from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.device import resolve_device
 from mupvit.evaluate import evaluate
@@ -31,6 +32,7 @@ from mupvit.models.registry import build_model
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
+from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import emit_summary, result_name
 
 # Keys that may change between a checkpoint and its resume without changing the optimisation.
@@ -141,19 +143,23 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
     model = build_model(cfg).to(device)
     state = RunState(cfg, device, rank, world, model, build_optimizer(model, cfg.optim, steps), splits, steps,
                 eval_points(cfg, num_train, steps), Path(t.out_dir).expanduser().resolve())
-    ckpt = Path(resume_from) if resume_from else latest_checkpoint(state.out_dir) if t.resume else None
-    if ckpt is None and rank == 0 and list(state.out_dir.glob("ckpt_*.pt")):
+    if resume_from:
+        restore(state, Path(resume_from), load_checkpoint(resume_from, map_location=device))
+    elif t.resume and (found := load_latest_valid(state.out_dir, device, warn)):
+        restore(state, *found)
+    elif rank == 0 and list(state.out_dir.glob("ckpt_*.pt")):
         raise ConfigError(f"train.out_dir: {state.out_dir} already holds checkpoints and train.resume is false; "
                           "choose an empty out_dir")
-    if ckpt is not None:
-        restore(state, ckpt)
     elif t.init_from:
         load_weights(model, cfg, t.init_from, keep_head=not t.init_head)
     return state
 
 
-def restore(state: RunState, ckpt: Path) -> None:
-    saved = load_checkpoint(ckpt, map_location=state.device)
+def warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def restore(state: RunState, ckpt: Path, saved: dict[str, Any]) -> None:
     check_resumable(saved["config"], state.cfg, ckpt)
     state.model.load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
@@ -247,8 +253,23 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     optimisation is that of one process with the whole batch. Only rank 0 writes checkpoints; every rank calls
     the logger (rank != 0 gets path None from `checkpoint`). `resume_from` names the checkpoint file to resume
     from instead of the newest one in train.out_dir; `device` overrides train.device.
+
+    Rank 0 first checks that train.out_dir is writable and locks it for the run, so a second process on the same
+    folder is refused instead of pruning this one's checkpoints.
     """
-    logger, t = logger or ConsoleLogger(), cfg.train
+    logger = logger or ConsoleLogger()
+    if process_group()[0] != 0:
+        return train(cfg, logger, stop_at_step, device, resume_from)
+    out_dir = Path(cfg.train.out_dir).expanduser().resolve()
+    check_writable(out_dir, "train.out_dir")
+    with FolderLock(out_dir, "train.out_dir"):
+        return train(cfg, logger, stop_at_step, device, resume_from)
+
+
+def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
+          resume_from: str | Path | None) -> dict[str, Any]:
+    """The run itself, in the order big_vision's train.py reads: setup, then step, eval and checkpoint."""
+    t = cfg.train
     state = setup(cfg, device, resume_from)
     end = state.steps if stop_at_step is None else min(state.steps, stop_at_step)
     forward, eval_forward = forwards(state)
@@ -267,7 +288,15 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     state.model.train()
     for step in range(state.start, end):
         tick = time.perf_counter()
-        images, labels = next(batches)
+        try:
+            images, labels = next(batches)
+        except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
+            # (one process only: with several ranks the others would wait in the checkpoint's collective)
+            unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
+            if state.world == 1 and step > state.start and unsaved:
+                save(state, step, logger)
+            raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
+                            f"{state.last_ckpt or 'none'})") from None
         images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
@@ -322,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_param_groups:
             print(param_groups_report(cfg))
             return 0
+        if args.summary_json:
+            check_writable(Path(args.summary_json).expanduser().resolve().parent, "--summary-json")
         summary = run(cfg)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from mupvit.config import Config, ConfigError, load_config, parse_override, total_steps, validate
+from mupvit.config import Config, ConfigError, coerce_value, load_config, parse_override, total_steps, validate
 from mupvit.config_yaml import read_yaml
+from mupvit.errors import shown
 from mupvit.models.parametrization import with_width
 
 DOMAINS = ("grid", "log2_grid", "choice", "loguniform", "uniform")
@@ -98,12 +99,14 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
     if not Path(p).is_file():
         raise ConfigError(f"sweep file not found: {p}")
     raw = read_yaml(Path(p)) or {}
+    if not isinstance(raw, dict):
+        raise _fail(p, f"expected a mapping of sweep keys, got {type(raw).__name__}")
     for text in sets:  # --set applies to the sweep's fixed overrides
         key, value = parse_override(text)
         raw.setdefault("overrides", {})[key] = value
-    unknown = sorted(set(raw) - TOP_KEYS)
+    unknown = sorted(set(raw) - TOP_KEYS, key=str)
     if unknown:
-        raise _fail(p, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise _fail(p, f"unknown key(s) {', '.join(map(str, unknown[:8]))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     for key in ("name", "base", "space"):
         if key not in raw:
             raise _fail(p, f"missing '{key}'")
@@ -112,14 +115,31 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         raise _fail(p, f"base: experiment file {base_path} not found (paths are relative to the current directory)")
     raw["base"] = str(base_path.resolve())  # trials run in their own directories
     search, sched = raw.get("search") or {}, raw.get("scheduler") or {}
+    for key, section in (("search", search), ("scheduler", sched), ("overrides", raw.get("overrides") or {}),
+                         ("space", raw["space"])):
+        if not isinstance(section, dict):
+            raise _fail(p, f"{key}: expected a mapping, got {shown(section)}")
+
+    def typed(where: str, value: Any, tp: type) -> Any:  # the config's own typed parsing (finite numbers, ...)
+        try:
+            return coerce_value(where, value, tp)
+        except ConfigError as err:
+            raise _fail(p, str(err)) from None
+
     spec = SweepSpec(
-        name=str(raw["name"]), base=str(raw["base"]), overrides=dict(raw.get("overrides") or {}),
-        space=dict(raw["space"]), algorithm=search.get("algorithm", "grid"), seed=int(search.get("seed", 0)),
-        scheduler=sched.get("type", "none"), grace_period=int(sched.get("grace_period", 1)),
-        reduction_factor=float(sched.get("reduction_factor", 3)), metric=raw.get("metric", "train/loss_avg"),
-        mode=raw.get("mode", "min"), num_samples=int(raw.get("num_samples", 1)),
-        max_concurrent=int(raw.get("max_concurrent", 1)), trial_cpus=float(raw.get("trial_cpus", 1)),
-        trial_gpus=float(raw.get("trial_gpus", 0)), trial_workers=int(raw.get("trial_workers", 1)), path=p)
+        name=typed("name", raw["name"], str), base=str(raw["base"]), overrides=dict(raw.get("overrides") or {}),
+        space=dict(raw["space"]), algorithm=typed("search.algorithm", search.get("algorithm", "grid"), str),
+        seed=typed("search.seed", search.get("seed", 0), int),
+        scheduler=typed("scheduler.type", sched.get("type", "none"), str),
+        grace_period=typed("scheduler.grace_period", sched.get("grace_period", 1), int),
+        reduction_factor=typed("scheduler.reduction_factor", sched.get("reduction_factor", 3), float),
+        metric=typed("metric", raw.get("metric", "train/loss_avg"), str),
+        mode=typed("mode", raw.get("mode", "min"), str),
+        num_samples=typed("num_samples", raw.get("num_samples", 1), int),
+        max_concurrent=typed("max_concurrent", raw.get("max_concurrent", 1), int),
+        trial_cpus=typed("trial_cpus", raw.get("trial_cpus", 1), float),
+        trial_gpus=typed("trial_gpus", raw.get("trial_gpus", 0), float),
+        trial_workers=typed("trial_workers", raw.get("trial_workers", 1), int), path=p)
     _check(spec)
     return spec
 

@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from mupvit.config import Config, ConfigError, load_config, validate
 from mupvit.data import DataError, build_splits
+from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
@@ -45,6 +46,8 @@ def prepare(cfg: Config, base_dir: Path) -> Config:
     """Launch-time settings: workers = devices, absolute storage path, and checks that need no cluster."""
     c = cfg.cluster
     storage = c.storage_path if "://" in c.storage_path else str((base_dir / c.storage_path).resolve())
+    if "://" not in storage:
+        check_writable(Path(storage), "cluster.storage_path")
     if c.fail_at_step is not None and "://" in storage:
         raise ConfigError("cluster.fail_at_step: needs a local cluster.storage_path (it keeps a one-shot marker)")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=c.num_workers),
@@ -100,6 +103,14 @@ def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
     num_train = check_data_on_worker(cfg)
     validate(cfg, num_train=num_train)
     name = run_name(cfg, config_path)
+    if "://" in cfg.cluster.storage_path:
+        return record(cfg, name, uri)
+    with FolderLock(Path(cfg.cluster.storage_path) / name, f"run {name}"):  # one driver per run, across jobs
+        return record(cfg, name, uri)
+
+
+def record(cfg: Config, name: str, uri: str) -> dict[str, Any]:
+    """The MLflow run of `name` (found again on resubmission) around TorchTrainer.fit(); returns the summary."""
     client = MlflowClient(uri)
     run_id, before = open_run(client, cfg, name, REPO)
     if before == "FINISHED":

@@ -12,6 +12,16 @@ class DataError(ValueError):
     """The data on disk is not what the config says; the message names the path and the fix."""
 
 
+def worker_message(err: Exception) -> str:
+    """The original message of an error raised in a DataLoader worker (torch re-raises it with the worker's whole
+    traceback as its text; the user needs its last line)."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 @dataclass(frozen=True)
 class Split:
     name: str

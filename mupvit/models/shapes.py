@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mupvit.errors import ConfigError
+from mupvit.errors import ConfigError, shown
 
 if TYPE_CHECKING:
     from mupvit.config import ModelConfig
@@ -77,14 +77,14 @@ def _variant_sizes(m: ModelConfig) -> dict[str, int | None]:
     name, _, patch_text = m.variant.partition("/")
     if name not in VARIANTS:
         raise ConfigError(
-            f"model.variant: got {m.variant!r}, expected one of {', '.join(VARIANTS)} "
+            f"model.variant: got {shown(m.variant)}, expected one of {', '.join(VARIANTS)} "
             "optionally with a patch size such as 'S/16', or null with explicit sizes"
         )
     width, depth, mlp_dim, heads = VARIANTS[name]
     sizes.update(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads)
     if patch_text:
         if not patch_text.isdigit() or int(patch_text) <= 0:
-            raise ConfigError(f"model.variant: patch size in {m.variant!r} must be a positive integer")
+            raise ConfigError(f"model.variant: patch size in {shown(m.variant)} must be a positive integer")
         sizes["patch_size"] = int(patch_text)
     if m.width is not None and m.width > 0 and m.width != width:
         ref = ModelShape(width, depth, mlp_dim, heads, sizes["patch_size"] or 1)

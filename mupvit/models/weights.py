@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from mupvit.checkpoint import load_checkpoint
+from mupvit.checkpoint import UNREADABLE, load_checkpoint
 from mupvit.config import Config
 from mupvit.models.adapters import adapter_for
 from mupvit.models.adapters.base import AdapterError, check_state, load_foreign
@@ -23,7 +21,7 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     """A mupvit.train checkpoint; anything else (not a torch file, cut short, another format) is an AdapterError."""
     try:
         state = load_checkpoint(path)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except UNREADABLE as err:
         raise AdapterError(f"{path}: not a readable mupvit checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state.get("model"), dict) or "config" not in state:
         raise AdapterError(f"{path}: a torch file, but not a mupvit checkpoint (no model state and config)")
@@ -44,9 +42,9 @@ def load_weights(model: ViT, cfg: Config, path: str | Path, keep_head: bool = Fa
     """Load the checkpoint at `path` into `model` (built from `cfg`); returns its layout. `keep_head`: the
     file's classifier is dropped and the model keeps its own (e.g. another num_classes)."""
     path = Path(path)
+    layout = layout_of(path)
     if not path.is_file():
         raise AdapterError(f"checkpoint not found: {path}")
-    layout = layout_of(path)
     if layout == "mupvit":
         state = read_training_checkpoint(path)
         check_semantics(path, state["config"].get("model", {}), cfg)

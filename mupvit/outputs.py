@@ -1,0 +1,66 @@
+"""Where finished work goes must be usable before work starts: `check_writable` probes a folder (create, write,
+remove a file) so an unwritable out_dir fails in seconds, not after hours of training; `FolderLock` keeps a second
+process off a folder that one is already writing (an OS lock, so it dies with its holder and a rerun after a crash
+takes over)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from filelock import FileLock, Timeout
+
+from mupvit.errors import ConfigError
+
+LOCK_NAME = ".mupvit.lock"
+HOLDER_NAME = ".mupvit.lock.holder"
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not."""
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
+                          "nothing was trained") from None
+
+
+class FolderLock:
+    """An exclusive lock on `folder` for the life of a `with` block; a second holder is refused at once, with a
+    message naming the first (pid, host, command, start time)."""
+
+    def __init__(self, folder: Path, what: str) -> None:
+        self.folder, self.what = folder, what
+        self.lock = FileLock(folder / LOCK_NAME, timeout=0, fallback_to_soft=False)
+
+    def holder(self) -> str:
+        try:
+            info = json.loads((self.folder / HOLDER_NAME).read_text())
+            return (f"pid {info['pid']} on {info['host']} since {info['started']} "
+                    f"({' '.join(info['command'])[:120]})")
+        except (OSError, ValueError, KeyError):
+            return "another process"
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise ConfigError(f"{self.what}: {self.folder} is in use by {self.holder()}; wait for it to finish, or "
+                              "choose another folder") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": sys.argv,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (self.folder / HOLDER_NAME).write_text(json.dumps(holder))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        (self.folder / HOLDER_NAME).unlink(missing_ok=True)
+        self.lock.release()

@@ -1,0 +1,134 @@
+"""Finished work is never lost: unwritable outputs fail before training, one process per output folder (an OS lock
+that dies with its holder), resume skips a bad newest checkpoint, and a bad image met mid-run leaves a checkpoint
+at the last completed step and one clear line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mupvit.checkpoint import list_checkpoints, load_checkpoint
+from mupvit.config import ConfigError, config_from_dict
+from mupvit.data import DataError
+from mupvit.outputs import FolderLock
+from mupvit.train import main, run
+
+from .helpers import QuietLogger, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+@pytest.mark.parametrize("out_dir", ["/dev/null", "/proc/mupvit-run"])
+def test_an_unwritable_out_dir_fails_before_training(digits_root, tmp_path, capsys, out_dir):
+    config = write_config(tmp_path, tiny_config(digits_root, Path(out_dir)))
+    started = time.monotonic()
+    assert main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.out_dir: cannot write to") and out_dir in err and err.count("\n") == 1
+    assert time.monotonic() - started < 10
+
+
+def test_an_out_dir_below_a_file_and_an_unwritable_summary_fail_before_training(digits_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main([str(write_config(tmp_path, tiny_config(digits_root, blocker / "run")))]) == 2
+    assert "train.out_dir: cannot write to" in capsys.readouterr().err
+    config = write_config(tmp_path, tiny_config(digits_root, tmp_path / "ok"))
+    assert main([str(config), "--summary-json", str(blocker / "summary.json")]) == 2
+    assert "--summary-json: cannot write to" in capsys.readouterr().err
+    assert not list((tmp_path / "ok").glob("ckpt_*.pt"))  # nothing was trained
+
+
+def test_a_second_process_on_the_same_out_dir_is_refused_naming_the_first(digits_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, tiny_config(digits_root, out))
+    with FolderLock(out, "train.out_dir"):
+        assert main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"train.out_dir: {out} is in use by pid {os.getpid()}" in err
+    assert not list(out.glob("ckpt_*.pt"))
+    assert main([str(config)]) == 0  # released: the same command now runs
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from mupvit.outputs import FolderLock\n"
+            "with FolderLock(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"in use by pid {holder.pid}"), FolderLock(tmp_path, "x"):
+            pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with FolderLock(tmp_path, "x"):  # a rerun after a crash takes over
+            pass
+    finally:
+        holder.kill()
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_and_continues_exactly(digits_root, tmp_path, capsys):
+    straight = run(tiny_config(digits_root, tmp_path / "straight"), QuietLogger())
+    out = tmp_path / "resumed"
+    run(tiny_config(digits_root, out), QuietLogger(), stop_at_step=8)  # checkpoints at 4 and 8 of 8
+    first, newest = list_checkpoints(out)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    resumed = run(tiny_config(digits_root, out), QuietLogger())
+    assert f"skipping {newest}: not a readable checkpoint" in capsys.readouterr().err
+    assert resumed["val"] == straight["val"]
+    a, b = load_checkpoint(resumed["checkpoint"])["model"], load_checkpoint(straight["checkpoint"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.exists()  # nothing deleted but what the keep_ckpts pruning removes
+
+
+def test_when_no_checkpoint_loads_resume_fails_naming_them(digits_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for step in (4, 8):
+        (out / f"ckpt_{step:09d}.pt").write_bytes(b"garbage")
+    assert main([str(write_config(tmp_path, tiny_config(digits_root, out)))]) == 2
+    err = capsys.readouterr().err
+    assert "none of the checkpoints" in err and "ckpt_000000004.pt, ckpt_000000008.pt" in err
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000000004.pt", "ckpt_000000008.pt"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, workers):
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (16, 16), (60 * c + 10 * i,) * 3).save(folder / f"{i}.png")
+    bad = root / "train" / "c1" / "3.png"
+    bad.write_bytes(b"\x89PNG not really")
+    cfg = config_from_dict({
+        "data": {"dataset": "imagefolder", "root": str(root), "image_size": 16, "eval_resize": 16, "flip": False,
+                 "randaug_layers": 0, "num_workers": workers, "eval_batch_size": 8},
+        "model": {"variant": None, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 4,
+                  "num_classes": 2},
+        "optim": {"warmup_steps": 0},
+        "train": {"epochs": None, "total_steps": 20, "batch_size": 2, "eval_every": None, "eval_at_epochs": [],
+                  "ckpt_every": 100, "out_dir": str(tmp_path / "run")}})
+    with pytest.raises(DataError) as err:
+        run(cfg, QuietLogger())
+    text = str(err.value)
+    assert text.startswith(f"cannot decode image {bad}") and "Traceback" not in text and "\n" not in text
+    saved = list_checkpoints(tmp_path / "run")
+    assert len(saved) == 1 and f"last checkpoint: {saved[0]}" in text
+    assert 0 < load_checkpoint(saved[0])["step"] < 20
