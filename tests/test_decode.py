@@ -5,7 +5,6 @@ decode(precise=True)); other formats go through Pillow."""
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pytest
