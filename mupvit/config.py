@@ -49,6 +49,9 @@ class DataConfig:
     # JPEG decoding (train and eval): `tf_fast` = TF's default, libjpeg's fast integer IDCT (big_vision's pixels);
     # `accurate` = the ISLOW IDCT (Pillow's pixels, big_vision's decode(precise=True)). Other formats: Pillow.
     decode: Literal["tf_fast", "accurate"] = "tf_fast"
+    # Larger images are refused from their header, naming the file (4x ImageNet's largest); mupvit.data.check
+    # finds them all before a run.
+    max_image_pixels: int = 50_000_000
     randaug_layers: int = 2  # 0 turns RandAugment off
     randaug_magnitude: int = 10
     # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.
@@ -338,7 +341,7 @@ def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
 
 
 # Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
-_POSITIVE = ("data.image_size", "data.eval_resize", "optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size",
+_POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size",
              "train.devices", "train.accum_steps",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
              "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "cluster.num_workers",

@@ -94,3 +94,29 @@ def test_the_loaders_decode_with_the_configured_method(tiny):
         assert torch.equal(decoder(cfg)(tiny), decode_image(tiny, method))
     with pytest.raises(Exception, match="data.decode: got 'pil'"):
         config_from_dict({"data": {"dataset": "digits", "decode": "pil"}, "train": {"total_steps": 20000}})
+
+
+def test_a_16_bit_png_keeps_its_levels_as_the_high_byte(tmp_path):
+    levels = (np.arange(16 * 64, dtype=np.uint16).reshape(16, 64) * 64)
+    path = tmp_path / "deep.png"
+    Image.fromarray(levels).save(path)
+    assert Image.open(path).mode == "I;16"
+    out = decode_image(str(path))
+    assert torch.equal(out[0], torch.from_numpy((levels >> 8).astype(np.uint8)))
+    assert len(torch.unique(out)) == 256  # Pillow's convert("RGB") would have left only 0 and 255
+
+
+def test_rgba_drops_alpha_like_tf(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    path = tmp_path / "alpha.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    assert torch.equal(decode_image(str(path)), torch.from_numpy(pixels[:, :, :3].copy()).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_an_image_above_the_pixel_cap_is_refused_from_its_header(tmp_path, suffix):
+    path = tmp_path / f"big{suffix}"
+    Image.new("RGB", (300, 200), (9, 9, 9)).save(path)
+    with pytest.raises(DataError, match=rf"image {path} is 300x200 = 0.1 MP, above the cap of 0.05 MP"):
+        decode_image(str(path), max_pixels=50_000)
+    assert decode_image(str(path), max_pixels=60_000).shape == (3, 200, 300)

@@ -53,7 +53,7 @@ def build_splits(cfg: Config) -> dict[str, Split]:
 
 def decoder(cfg: Config) -> Callable[[str], torch.Tensor]:
     """The image decoder of data.decode; train and eval decode alike, as in big_vision."""
-    return functools.partial(decode_image, method=cfg.data.decode)
+    return functools.partial(decode_image, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels)
 
 
 def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
