@@ -341,7 +341,8 @@ def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
 
 
 # Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
-_POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "optim.lr", "optim.eps", "optim.clip_norm", "train.batch_size",
+_POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "optim.lr", "optim.eps",
+             "optim.clip_norm", "train.batch_size",
              "train.devices", "train.accum_steps",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
              "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "cluster.num_workers",
