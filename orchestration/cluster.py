@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -18,12 +19,28 @@ class ClusterError(RuntimeError):
     """The cluster cannot run this request; the message says what is missing."""
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str) -> None:
+    """A host:port GCS address must accept a TCP connection within seconds (ray.init would retry for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local", ...: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        raise ClusterError(f"cannot reach the Ray cluster at {address} ({err.strerror or type(err).__name__}); "
+                           "start it with `ray start --head` or fix cluster.address / RAY_ADDRESS") from None
+
+
 def connect(cfg: Config) -> str:
     """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
     if ray.is_initialized():
         return "already connected"
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except (ConnectionError, RuntimeError) as err:

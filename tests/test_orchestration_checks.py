@@ -93,3 +93,19 @@ def test_bad_cluster_values_fail_in_config_validation():
         demo("cluster.num_workers=0")
     with pytest.raises(ConfigError, match="cluster.max_failures: got -1"):
         demo("cluster.max_failures=-1")
+
+
+def test_an_unreachable_cluster_address_fails_in_seconds_naming_it():
+    import socket
+    import time
+
+    from orchestration.cluster import ClusterError, check_reachable
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 15
+    check_reachable("auto")  # Ray's own address words are left to Ray
