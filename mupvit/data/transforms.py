@@ -57,8 +57,8 @@ class TrainTransform:
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         top, left, h, w = self.crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
         # big_vision resizes in float and casts back to uint8 by truncation (resize on uint8 would round)
-        resized = TF.resized_crop(image.float(), top, left, h, w, [self.size, self.size], antialias=self.antialias)
-        image = to_uint8_truncating(resized)
+        crop = image[..., top:top + h, left:left + w].float()  # only the crop's pixels go to float
+        image = to_uint8_truncating(TF.resize(crop, [self.size, self.size], antialias=self.antialias))
         if self.flip and rng.random() < 0.5:
             image = TF.horizontal_flip(image)
         if self.randaugment is not None:
