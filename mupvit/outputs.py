@@ -22,8 +22,10 @@ HOLDER_NAME = ".mupvit.lock.holder"
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not."""
+    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not.
+    Folders it had to create are removed again: a failed request leaves nothing behind."""
     probe = folder / f".write-probe-{os.getpid()}"
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
@@ -31,6 +33,12 @@ def check_writable(folder: Path, what: str) -> None:
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
                           "nothing was trained") from None
+    finally:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 class FolderLock:
