@@ -84,8 +84,8 @@ def test_demo_config_resolves():
     cfg = load_config(DEMO)
     assert cfg.data.dataset == "digits" and cfg.data.root == ""
     assert cfg.optim.lr == pytest.approx(3e-3)
-    # The step count stated in the demo file's comment, once the 1438 train images are known.
-    assert total_steps(cfg, 1438) == 449
+    # The step count stated in the demo file's comment, once the 1366 train images (train minus minival) are known.
+    assert total_steps(cfg, 1366) == 534
     assert model_shape(cfg.model) == ModelShape(width=64, depth=4, mlp_dim=256, num_heads=2, patch_size=4)
 
 
