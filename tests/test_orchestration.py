@@ -1,7 +1,5 @@
 """orchestration.train on a real Ray head (127.0.0.1) with a real MLflow SQLite store: `ray job submit`, data
-parallel equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind.
-
-The head is the session's shared one (tests/conftest.py: ray_head, and ray_env, which waits until it is idle)."""
+parallel equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -18,14 +16,22 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestration.local_cluster import BIN, cluster_env
+from orchestration.local_cluster import BIN, cluster_env, dashboard_url, start_head, stop_head
 
 from .helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
+GCS_PORT, DASHBOARD_PORT = 6391, 8267  # not Ray's defaults, so a user's own head is not reused by mistake
 STEPS = 20
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    start_head(num_cpus=2, gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT)
+    yield {**cluster_env(), "RAY_ADDRESS": f"127.0.0.1:{GCS_PORT}"}
+    stop_head()
 
 
 def write_config(folder: Path, digits_root: Path, **overrides) -> Path:
@@ -70,26 +76,24 @@ def final_model(summary: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_head, digits_root, tmp_path_factory):
+def reference(ray_env, digits_root, tmp_path_factory):
     """One uninterrupted 1-worker run that the other tests compare with."""
     folder = tmp_path_factory.mktemp("reference")
-    ray_head.wait_idle()  # as ray_env does (a module's fixture cannot use that function-scoped one)
-    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
-                                     "tracking.run_name=ref"))
+    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_env, "tracking.run_name=ref"))
     return folder, summary
 
 
 # ---------------------------------------------------------------- the happy path, through `ray job submit`
 
 
-def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_root, tmp_path):
+def test_ray_job_submit_runs_and_mlflow_records_it(ray_env, digits_root, tmp_path):
     config = write_config(tmp_path, digits_root, **{"train.total_steps": 8, "train.eval_every": 4,
                                                     "train.log_every": 2, "train.eval_at_epochs": [0.1]})
     summary_path = tmp_path / "summary.json"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                 "MUPVIT_GIT_COMMIT": "abc123"}}
     done = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO),
+        [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(DASHBOARD_PORT), "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "orchestration.train", str(config),
          "--set", f"cluster.storage_path={tmp_path / 'ray_results'}", "--summary-json", str(summary_path)],
         env=cluster_env(), capture_output=True, text=True, timeout=300)

@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mupvit.config import ConfigError
+from orchestration.local_cluster import cluster_env, start_head, stop_head
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
@@ -78,8 +79,14 @@ def test_shipped_sweep_files_are_valid():
         assert spec.name == path.stem and spec.space
 
 
-# ---------------------------------------------------------------- on a real Ray head (the session's shared one:
-# tests/conftest.py's ray_env hands it over idle, with its 2 CPUs free)
+# ---------------------------------------------------------------- on a real Ray head
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    start_head(num_cpus=2, gcs_port=6393, dashboard_port=8269)
+    yield {**cluster_env(), "RAY_ADDRESS": "127.0.0.1:6393"}
+    stop_head()
 
 
 def sweep(folder: Path, path: Path, env: dict, *args: str, timeout: float = 400) -> dict:
