@@ -7,6 +7,7 @@ config never reaches data loading or training.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -273,6 +274,13 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: '{part}' is not a section")
     node[parts[-1]] = value
+
+
+def add_set_argument(parser: argparse.ArgumentParser, example: str = "optim.lr=3e-3",
+                     what: str = "a config value") -> None:
+    """The `--set KEY=VALUE` flag of every CLI (repeatable; each value read by `parse_override`)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override {what}, e.g. --set {example} (repeatable)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

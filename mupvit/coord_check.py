@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mupvit.config import Config, ConfigError, load_config, validate
+from mupvit.config import Config, ConfigError, add_set_argument, load_config, validate
 from mupvit.coord_results import plot, slope_table, write_csv
 from mupvit.data import DataError, build_splits, train_loader
 from mupvit.data.mixup import mixup_coefficient
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parametrization", choices=["sp", "mup", "both"], default="both")
     parser.add_argument("--seeds", type=int, default=2, help="initialisations averaged per point (default 2)")
     parser.add_argument("--out", default="runs/coord_check", help="folder for coord.csv and coord.png")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-2 (repeatable)")
+    add_set_argument(parser, "optim.lr=1e-2")
     args = parser.parse_args(argv)
     try:
         if len(set(args.widths)) < 2 or min(args.widths) <= 0:

@@ -17,12 +17,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mupvit.config import ConfigError, load_config
+from mupvit.config import ConfigError, add_set_argument, load_config
 from mupvit.data import DataError, build_splits, eval_loader
 from mupvit.device import resolve_device
 from mupvit.models.registry import build_model
 from mupvit.models.weights import load_weights
-from mupvit.results import emit_summary
+from mupvit.results import add_summary_argument, emit_summary
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -63,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mupvit.evaluate", description=main.__doc__)
     parser.add_argument("config", help="experiment YAML whose model, data and eval splits to use")
     parser.add_argument("--checkpoint", required=True, help="weights: .pt (mupvit), .npz (big_vision), .safetensors")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.root=/data/imagenet (repeatable)")
-    parser.add_argument("--summary-json", metavar="PATH", help="also write the JSON summary to PATH")
+    add_set_argument(parser, "data.root=/data/imagenet")
+    add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

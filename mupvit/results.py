@@ -4,6 +4,7 @@ a run's reference, the train-loss window of the sweeps' default metric, and the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -82,6 +83,11 @@ def departures(params: dict[str, str]) -> list[str]:
     if params.get("model.variant") == "S/16" and width not in (None, "None", "384"):
         out.append(f"width={width}")
     return out
+
+
+def add_summary_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--summary-json PATH` flag of the CLIs that end with `emit_summary`."""
+    parser.add_argument("--summary-json", metavar="PATH", help="also write the final JSON summary to PATH")
 
 
 def emit_summary(summary: dict[str, Any], path: str | None = None) -> None:

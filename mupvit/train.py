@@ -21,7 +21,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mupvit.checkpoint import checkpoint_path, load_checkpoint, load_latest_valid, save_checkpoint
-from mupvit.config import Config, ConfigError, flatten, load_config, steps_for_epochs, total_steps, validate
+from mupvit.config import (
+    Config,
+    ConfigError,
+    add_set_argument,
+    flatten,
+    load_config,
+    steps_for_epochs,
+    total_steps,
+    validate,
+)
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
@@ -33,7 +42,7 @@ from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
 from mupvit.outputs import FolderLock, check_writable
-from mupvit.results import emit_summary, result_name
+from mupvit.results import add_summary_argument, emit_summary, result_name
 
 # Keys that may change between a checkpoint and its resume without changing the optimisation.
 RESUMABLE_CHANGES = {
@@ -336,9 +345,8 @@ def param_groups_report(cfg: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mupvit.train", description=__doc__)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/demo_digits.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=3e-3 (repeatable)")
-    parser.add_argument("--summary-json", metavar="PATH", help="also write the final JSON summary to PATH")
+    add_set_argument(parser)
+    add_summary_argument(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--print-param-groups", action="store_true",
                         help="print the optimiser's parameter groups (µP role, lr multiplier, weight decay) and exit")

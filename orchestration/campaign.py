@@ -26,7 +26,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from mupvit.config import Config, ConfigError, load_config
+from mupvit.config import Config, ConfigError, add_set_argument, load_config
 from orchestration.cluster import ClusterError
 from orchestration.tracking import check_reachable, find_run, tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, prepare, run_name
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="folder of experiment YAML files, e.g. experiments/ablations/")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value in every config, e.g. --set data.root=/data/imagenet (repeatable)")
+    add_set_argument(parser, "data.root=/data/imagenet", "a value in every config")
     parser.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard (job server) URL")
     parser.add_argument("--parallel", action="store_true", help="submit every job at once instead of one by one")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mupvit.config import ConfigError, load_config
+from mupvit.config import ConfigError, add_set_argument, load_config
 from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
 from orchestration.train_job import train_job_command, train_job_env
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default="experiments/demo_digits.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(parser)
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args(argv)
     try:

@@ -24,9 +24,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from mupvit.config import Config, ConfigError, load_config, total_steps
+from mupvit.config import Config, ConfigError, add_set_argument, load_config, total_steps
 from mupvit.models.shapes import model_shape
-from mupvit.results import emit_summary
+from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
@@ -199,11 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep file, e.g. experiments/sweeps/demo_mup_transfer.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a fixed trial setting, e.g. --set train.total_steps=60 (repeatable)")
+    add_set_argument(parser, "train.total_steps=60", "a fixed trial setting")
     parser.add_argument("--transfer-to", metavar="CONFIG", help="print the full-width run with the best µP lr")
     parser.add_argument("--launch", action="store_true", help="with --transfer-to: also run it (orchestration.train)")
-    parser.add_argument("--summary-json", metavar="PATH", help="write the sweep summary (JSON) to PATH")
+    add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
         spec = load_sweep(args.sweep, args.overrides)

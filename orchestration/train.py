@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mupvit.config import Config, ConfigError, load_config, validate
+from mupvit.config import Config, ConfigError, add_set_argument, load_config, validate
 from mupvit.data import DataError, build_splits
 from mupvit.outputs import FolderLock, check_writable
-from mupvit.results import emit_summary
+from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -158,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestration.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/demo_digits.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set cluster.num_workers=2 (repeatable)")
-    parser.add_argument("--summary-json", metavar="PATH", help="also write the final JSON summary to PATH")
+    add_set_argument(parser, "cluster.num_workers=2")
+    add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
