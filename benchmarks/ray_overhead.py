@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from orchestration.local_cluster import cluster_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def main() -> int:
     flags = [arg for s in sets for arg in ("--set", s)]
     # A local Ray per orchestrated run (start-up included in its figure), not a cluster named in the environment,
     # unless --address names one.
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
+    env = {k: v for k, v in cluster_env().items() if k != "RAY_ADDRESS"}
     if args.address:
         env["RAY_ADDRESS"] = args.address
     rows = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -10,6 +11,7 @@ from typing import Any
 import ray
 
 from mupvit.config import Config
+from orchestration.local_cluster import loopback_driver, prepare_in_process_ray
 
 # A local Ray on a small machine: cap the object store (it defaults to 30% of RAM) so torch keeps the memory.
 LOCAL_OBJECT_STORE_BYTES = 1_000_000_000
@@ -34,19 +36,49 @@ def check_reachable(address: str) -> None:
                            "start it with `ray start --head` or fix cluster.address / RAY_ADDRESS") from None
 
 
+def loopback_only_gcs(address: str) -> bool:
+    """The GCS at `address` is on this machine and listens on loopback only, as local_cluster's heads do: a driver
+    must then run in Ray's single-machine mode too (a plain `ray start` head listens on the host's address as well,
+    and wants its drivers on that address)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback:
+            return False
+    except ValueError:  # a host name
+        return False
+    try:  # the address this machine's traffic leaves from (a UDP "connect" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            host_ip = probe.getsockname()[0]
+    except OSError:  # no route off this machine: loopback is all there is
+        return True
+    if ipaddress.ip_address(host_ip).is_loopback:
+        return True
+    try:
+        socket.create_connection((host_ip, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError:
+        return True
+    return False
+
+
 def connect(cfg: Config) -> str:
     """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
     if ray.is_initialized():
         return "already connected"
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' lines as plain text: no ANSI codes in logs and files
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
+        if loopback_only_gcs(address):  # a head of local_cluster: join it on its terms
+            loopback_driver()
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
         except (ConnectionError, RuntimeError) as err:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                                "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err
         return f"Ray cluster at {address}"
+    prepare_in_process_ray()  # its daemons would listen on every interface, open to anyone
     # address="local": a new Ray of this run's own, even when another cluster runs on this machine (plain ray.init()
     # would join that one). The dashboard serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,

@@ -137,6 +137,34 @@ def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) 
     return sets, lr
 
 
+def restore_or_start(spec: SweepSpec, trainable: Any, path: str, storage: str, steps: int, parent_id: str,
+                     before: str) -> tune.Tuner:
+    """The sweep's Tuner: restored from `path` when an earlier run of it left one there, else a new one.
+
+    Restoring unpickles `path`/tuner.pkl: whoever can write the sweep storage runs code here (the README's
+    "Security" section), so a restore that fails is an error naming the folder, never a silent fresh start."""
+    if tune.Tuner.can_restore(path):
+        log(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent_id}, was {before})")
+        try:
+            return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+        except Exception as err:
+            raise ClusterError(f"cannot resume sweep {spec.name} from {path} ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no message'}); if you did not write "
+                               "that folder, do not trust it; move it away to start the sweep over") from err
+    trials = len(spec.points()) * spec.num_samples if spec.algorithm == "grid" else spec.num_samples
+    log(f"sweep {spec.name}: {trials} trial(s), MLflow parent run {parent_id}")
+    return tune.Tuner(
+        trainable, param_space=tune_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
+                                    search_alg=limited(search_algorithm(spec), spec.max_concurrent),
+                                    scheduler=scheduler(spec, steps), num_samples=spec.num_samples,
+                                    # A reused actor would keep an ASHA-stopped trial's TorchTrainer (and its
+                                    # workers' CPUs) alive: only one-worker trials reuse theirs.
+                                    reuse_actors=spec.trial_workers == 1),
+        run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
 def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     base = prepare(load_config(spec.base, spec.override_list()), base_dir)  # absolute storage path, as single runs
     uri = resolve_tracking_uri(base, base_dir)
@@ -158,24 +186,12 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
                              storage=storage), trial_resources(spec))
-    if tune.Tuner.can_restore(path):
-        log(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent_id}, was {before})")
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    else:
-        trials = len(spec.points()) * spec.num_samples if spec.algorithm == "grid" else spec.num_samples
-        log(f"sweep {spec.name}: {trials} trial(s), MLflow parent run {parent_id} in {uri}")
-        tuner = tune.Tuner(
-            trainable, param_space=tune_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
-                                        search_alg=limited(search_algorithm(spec), spec.max_concurrent),
-                                        scheduler=scheduler(spec, steps), num_samples=spec.num_samples,
-                                        # A reused actor would keep an ASHA-stopped trial's TorchTrainer (and
-                                        # its workers' CPUs) alive: only one-worker trials reuse theirs.
-                                        reuse_actors=spec.trial_workers == 1),
-            run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     try:
+        tuner = restore_or_start(spec, trainable, path, storage, steps, parent_id, before)
         grid = tuner.fit()
+    except KeyboardInterrupt:  # Ctrl-C: Tune has stopped its trials by now
+        client.set_terminated(parent_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise

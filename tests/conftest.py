@@ -1,14 +1,59 @@
-"""Shared fixtures: the digits demo data is built once per test session."""
+"""Shared fixtures: the digits demo data is built once per test session, and so is the one Ray head that every
+test needing a cluster shares."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mupvit.data.digits import build_digits
 
+if TYPE_CHECKING:  # orchestration needs the platform extras: imported by the fixtures, not by every test
+    from orchestration.local_cluster import Head
+
+# The most any test asks of the shared head at once: two Ray Train workers (or two trials) of one CPU each, or
+# one trial of two workers. A test asking for more must fail for want of CPUs (the "too-many-workers" case).
+SHARED_HEAD_CPUS = 2
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Ray token of every head, driver and job of the session, in a file of its own (RAY_AUTH_TOKEN_PATH, which
+    every subprocess inherits): the suite neither reads nor writes the user's ~/.ray/auth_token."""
+    path = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    before = {var: os.environ.pop(var, None) for var in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    yield path
+    os.environ.pop("RAY_AUTH_TOKEN_PATH")
+    os.environ.update({var: value for var, value in before.items() if value is not None})
+
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_digits(tmp_path_factory.mktemp("data") / "digits")
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[Head]:
+    """One Ray head on 127.0.0.1 for the whole session, started when a test first needs it: 2 CPUs and no GPU
+    (also on a machine with one: the tests expect "the cluster has 0 GPU"), every port in a block of its own
+    (never Ray's defaults, nor the ports of a head of the user's or of another test run), its own temp dir.
+    It is stopped on its own at the end: other Ray heads of this machine keep running."""
+    from orchestration.local_cluster import free_port_block, start_head, stop_head
+
+    head = start_head(num_cpus=SHARED_HEAD_CPUS, num_gpus=0, ports=free_port_block())
+    yield head
+    stop_head(head)
+
+
+@pytest.fixture
+def ray_env(ray_head: Head) -> dict[str, str]:
+    """The environment for a driver on the shared head (PATH, RAY_ADDRESS, its token), handed over once the head
+    is idle: no task, actor or placement group of an earlier test holds or waits for its resources, so each
+    test finds all of its CPUs free, as it would on a head of its own."""
+    ray_head.wait_idle()
+    return ray_head.env()

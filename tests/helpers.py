@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +38,35 @@ def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
                   "eval_at_epochs": [], "ckpt_every": 4, "keep_ckpts": 3, "out_dir": str(out_dir)},
     }
     return config_from_dict(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
+    """(address, port) of every TCP socket these processes listen on, from /proc/net/tcp{,6} and their fds."""
+    listening: dict[str, tuple[IPv4Address | IPv6Address, int]] = {}  # socket inode -> where it listens
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                host, port = fields[1].rsplit(":", 1)
+                # the kernel prints each 32-bit word of the address in host (little-endian) order
+                raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+                listening[fields[9]] = (ip_address(raw), int(port, 16))
+    found = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if (inode := re.fullmatch(r"socket:\[(\d+)\]", target)) and inode[1] in listening:
+                found.add(listening[inode[1]])
+    return found
+
+
+def loopback(address: IPv4Address | IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as Ray's gRPC servers show it
+    return address.is_loopback or bool(mapped and mapped.is_loopback)

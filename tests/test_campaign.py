@@ -16,13 +16,10 @@ from ray.job_submission import JobSubmissionClient
 
 from mupvit.config import load_config
 from orchestration import campaign
-from orchestration.local_cluster import cluster_env, dashboard_url, start_head, stop_head
 from orchestration.tracking import open_run
 from orchestration.train import REPO, prepare, run_name
 
 from .helpers import tiny_config
-
-GCS_PORT, DASHBOARD_PORT = 6395, 8271  # not Ray's defaults, nor test_orchestration's
 
 
 def write_configs(folder: Path, digits_root: Path, storage: Path, ablations: dict[str, dict]) -> None:
@@ -102,30 +99,24 @@ def test_an_unreachable_job_server_fails_in_seconds_with_how_to_start_one(digits
     assert f"no Ray job server answers at {address}" in err and "ray start --head" in err
 
 
-# ---------------------------------------------------------------- slow: a real Ray head
+# ---------------------------------------------------------------- slow: a real Ray head (the session's shared one,
+# tests/conftest.py: other tests' jobs may be in its job list, never running)
 
 
-@pytest.fixture(scope="module")
-def ray_env():
-    start_head(num_cpus=2, gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT)
-    yield {**cluster_env(), "RAY_ADDRESS": f"127.0.0.1:{GCS_PORT}"}
-    stop_head()
-
-
-def run_cli(folder: Path, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestration.campaign", str(folder),
-                           "--address", dashboard_url(DASHBOARD_PORT)],
+def run_cli(folder: Path, cwd: Path, env: dict, dashboard: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestration.campaign", str(folder), "--address", dashboard],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
-def test_campaign_runs_each_config_once_as_a_ray_job(ray_env, digits_root, tmp_path):
+def test_campaign_runs_each_config_once_as_a_ray_job(ray_head, ray_env, digits_root, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**ray_env, "MLFLOW_TRACKING_URI": uri}
     folder = tmp_path / "ablations"
     write_configs(folder, digits_root, tmp_path / "ray_results", {"recipe": {}, "pool_cls": {"model.pool": "tok"}})
+    jobs_before = {j.submission_id for j in JobSubmissionClient(ray_head.dashboard_url).list_jobs()}
 
-    first = run_cli(folder, tmp_path, env)
+    first = run_cli(folder, tmp_path, env, ray_head.dashboard_url)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert first.stdout.count("submitted job") == 2
     client = MlflowClient(uri)
@@ -135,10 +126,10 @@ def test_campaign_runs_each_config_once_as_a_ray_job(ray_env, digits_root, tmp_p
     assert all("final/val/acc1" in r.data.metrics for r in runs)
     assert runs[0].data.tags["git_commit"] != "unknown"  # the submitting checkout's commit reached the job
 
-    again = run_cli(folder, tmp_path, env)
+    again = run_cli(folder, tmp_path, env, ray_head.dashboard_url)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "submitted job" not in again.stdout
     for run in runs:
         assert f"skip (finished, run {run.info.run_id})" in again.stdout
-    jobs = JobSubmissionClient(dashboard_url(DASHBOARD_PORT)).list_jobs()
+    jobs = [j for j in JobSubmissionClient(ray_head.dashboard_url).list_jobs() if j.submission_id not in jobs_before]
     assert len([j for j in jobs if campaign.RUN_METADATA in (j.metadata or {})]) == 2

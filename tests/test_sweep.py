@@ -16,7 +16,6 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mupvit.config import ConfigError
-from orchestration.local_cluster import cluster_env, start_head, stop_head
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
@@ -79,14 +78,8 @@ def test_shipped_sweep_files_are_valid():
         assert spec.name == path.stem and spec.space
 
 
-# ---------------------------------------------------------------- on a real Ray head
-
-
-@pytest.fixture(scope="module")
-def ray_env():
-    start_head(num_cpus=2, gcs_port=6393, dashboard_port=8269)
-    yield {**cluster_env(), "RAY_ADDRESS": "127.0.0.1:6393"}
-    stop_head()
+# ---------------------------------------------------------------- on a real Ray head (the session's shared one:
+# tests/conftest.py's ray_env hands it over idle, with its 2 CPUs free)
 
 
 def sweep(folder: Path, path: Path, env: dict, *args: str, timeout: float = 400) -> dict:
@@ -195,3 +188,22 @@ def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env,
     # stopped trial could only start once the stopped trial's workers gave their CPUs back.
     assert steps == [STEPS, steps[1], STEPS] and steps[1] < STEPS
     assert again.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_sweep_storage_that_does_not_restore_fails_naming_it_and_ends_the_parent_run(ray_env, digits_root, tmp_path):
+    """The storage is a trust boundary (Tuner.restore unpickles it): a tuner.pkl that is not Tune's is an error
+    naming the folder, not a fresh start over someone else's files, and the parent run does not stay RUNNING."""
+    path = write_sweep(tmp_path, digits_root)
+    stored = tmp_path / "ray_results" / "sweeps" / "tiny"
+    stored.mkdir(parents=True)
+    (stored / "tuner.pkl").write_bytes(b"not a pickle of Tune's")
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and f"cannot resume sweep tiny from {stored}" in errors[0] and "move it away" in errors[0]
+    (parent,), children = runs(tmp_path)
+    assert parent.info.status == "FAILED" and children == []
+    assert (stored / "tuner.pkl").read_bytes() == b"not a pickle of Tune's"  # nothing of theirs removed
