@@ -3,6 +3,7 @@ RunLogger that rank 0 uses to record params, tags, metrics and artifacts."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -19,6 +20,11 @@ from mupvit.results import PAPER_TAG, paper_acc1
 
 RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
 DEFAULT_URI = "sqlite:///mlflow.db"
+
+# MLflow's INFO lines ("Creating initial MLflow database tables...") are not the run's progress: warnings only on
+# the console, unless the user asks for more with MLflow's own MLFLOW_LOGGING_LEVEL.
+if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class TrackingError(RuntimeError):

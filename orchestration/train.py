@@ -15,13 +15,15 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import ray
 from mlflow.tracking import MlflowClient
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mupvit.config import Config, ConfigError, add_set_argument, load_config, validate
@@ -92,12 +94,21 @@ def check_data_on_worker(cfg: Config) -> int:
         raise DataError(f"on a worker node: {cause}") from None
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`kill`, `ray job stop`, a scheduler's preemption) ends the driver as Ctrl-C does: the MLflow run is
+    marked KILLED and the job's workers go with the driver. Set after ray.init, whose own handler exits at once
+    (SystemExit mid-fit, the run left FAILED and a crash dump of Ray's threads)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
     """Everything after the config parsed: checks, MLflow run, Ray Train fit. Returns the summary."""
     cfg = prepare(cfg, base_dir)
     uri = tracking_uri(cfg, base_dir)
     check_reachable(uri)
     log(f"connecting: {connect(cfg)}")
+    interrupt_on_sigterm()
     check_capacity(cfg)
     check_store_shared(uri, node_count())
     num_train = check_data_on_worker(cfg)
@@ -120,6 +131,9 @@ def record(cfg: Config, name: str, uri: str) -> dict[str, Any]:
     try:
         wait_for_free_resources(cfg, log)
         result = fit(cfg, name, run_id, uri)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stopped by the user, not failed
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -149,7 +163,10 @@ def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | N
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
         run_config=RunConfig(name=name, storage_path=c.storage_path, callbacks=callbacks,
                              failure_config=FailureConfig(max_failures=c.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints),
+                             # Ray Train's INFO lines ("Reporting training result ...") go to the session's
+                             # ray-train-sys-*.log files only; the console keeps the run's progress and warnings.
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     return trainer.fit()
 
@@ -170,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as err:
         print(f"error: training failed after the allowed worker restarts: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the run is stopped and marked KILLED in MLflow; run the same command to resume it from "
+              "its last checkpoint", file=sys.stderr)
+        return 130
     emit_summary(summary, args.summary_json)
     return 0
 

@@ -4,6 +4,7 @@ Ray Train (every rank, since `ray.train.report` is a barrier) and record the run
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 import sys
@@ -25,6 +26,23 @@ from mupvit.train import TrainingDiverged, run
 from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
+RAY_PACKAGE = str(Path(ray.__file__).parent)
+
+
+class RayInfoFilter(logging.Filter):
+    """Keeps Ray's own INFO records ("Reporting training result ...", "Checkpoint successfully created at ...") off
+    the console: Ray Train's LoggingConfig level filters loggers named ray.train.*, but some of its modules log
+    under their file's path. They still reach the session's ray-train log files."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(RAY_PACKAGE)
+
+
+def quiet_ray_console() -> None:
+    """RayInfoFilter on the console handlers of this worker (those Ray Train set up on the root logger)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(RayInfoFilter())
 
 
 def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:
@@ -134,6 +152,7 @@ class Tee:
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: resume from Ray's latest checkpoint, else start, and train. A sweep
     trial's workers (loop_config["sweep"]: report_every, metric, mode) report more often and record divergence."""
+    quiet_ray_console()
     cfg = config_from_dict(loop_config["config"])
     sweep = loop_config.get("sweep")
     rank = ray.train.get_context().get_world_rank()

@@ -1,5 +1,7 @@
 """orchestration.train on a real Ray head (127.0.0.1) with a real MLflow SQLite store: `ray job submit`, data
-parallel equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind."""
+parallel equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind.
+
+The head is the session's shared one (tests/conftest.py: ray_head, and ray_env, which waits until it is idle)."""
 
 from __future__ import annotations
 
@@ -16,22 +18,14 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestration.local_cluster import BIN, cluster_env, dashboard_url, start_head, stop_head
+from orchestration.local_cluster import BIN, cluster_env
 
 from .helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
-GCS_PORT, DASHBOARD_PORT = 6391, 8267  # not Ray's defaults, so a user's own head is not reused by mistake
 STEPS = 20
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_env():
-    start_head(num_cpus=2, gcs_port=GCS_PORT, dashboard_port=DASHBOARD_PORT)
-    yield {**cluster_env(), "RAY_ADDRESS": f"127.0.0.1:{GCS_PORT}"}
-    stop_head()
 
 
 def write_config(folder: Path, digits_root: Path, **overrides) -> Path:
@@ -76,28 +70,35 @@ def final_model(summary: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_env, digits_root, tmp_path_factory):
+def reference(ray_head, digits_root, tmp_path_factory):
     """One uninterrupted 1-worker run that the other tests compare with."""
     folder = tmp_path_factory.mktemp("reference")
-    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_env, "tracking.run_name=ref"))
+    ray_head.wait_idle()  # as ray_env does (a module's fixture cannot use that function-scoped one)
+    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
+                                     "tracking.run_name=ref"))
     return folder, summary
 
 
 # ---------------------------------------------------------------- the happy path, through `ray job submit`
 
 
-def test_ray_job_submit_runs_and_mlflow_records_it(ray_env, digits_root, tmp_path):
+def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_root, tmp_path):
     config = write_config(tmp_path, digits_root, **{"train.total_steps": 8, "train.eval_every": 4,
                                                     "train.log_every": 2, "train.eval_at_epochs": [0.1]})
     summary_path = tmp_path / "summary.json"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
                                 "MUPVIT_GIT_COMMIT": "abc123"}}
     done = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(DASHBOARD_PORT), "--working-dir", str(REPO),
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "orchestration.train", str(config),
          "--set", f"cluster.storage_path={tmp_path / 'ray_results'}", "--summary-json", str(summary_path)],
         env=cluster_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+    # The job's console: the project's progress lines and the result, not Ray's or MLflow's INFO chatter.
+    assert "[step 8/8 100.0%]" in done.stdout and "final val: top-1" in done.stdout
+    for chatter in ("Reporting training result", "Checkpoint successfully created", "Requesting resources",
+                    "INFO mlflow", "\x1b["):
+        assert chatter not in done.stdout, chatter
     (run,) = runs_in(tmp_path)
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.002" and run.data.params["model.width"] == "32"
@@ -204,3 +205,32 @@ def test_bad_input_fails_fast_without_an_mlflow_run(ray_env, digits_root, tmp_pa
     assert time.monotonic() - t0 < 60
     assert runs_in(tmp_path) == [] if (tmp_path / "mlflow.db").exists() else True
     assert not (tmp_path / "ray_results").exists()
+
+
+# ---------------------------------------------------------------- stopped by the user
+
+
+def test_sigterm_and_ctrl_c_stop_the_run_as_killed_and_free_its_workers(ray_head, ray_env, digits_root, tmp_path):
+    config = write_config(tmp_path, digits_root, **{"train.total_steps": 100_000})  # runs until stopped
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    storage = tmp_path / "ray_results" / "stopped"
+    for sig in (signal.SIGTERM, signal.SIGINT):  # `kill` / `ray job stop`, then Ctrl-C on the resumed run
+        before = set(storage.glob("checkpoint_*"))
+        with open(tmp_path / f"driver_{sig.name}.err", "w+") as err:
+            driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config), "--set",
+                                       "tracking.run_name=stopped"], cwd=tmp_path, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            deadline = time.monotonic() + 240
+            while not set(storage.glob("checkpoint_*")) - before:  # training, with a checkpoint of this driver's
+                assert driver.poll() is None, f"the driver ended before {sig.name}"
+                assert time.monotonic() < deadline, "no checkpoint within 240 s"
+                time.sleep(0.2)
+            driver.send_signal(sig)
+            assert driver.wait(timeout=120) == 130
+            err.seek(0)
+            stderr = err.read()
+        assert "marked KILLED in MLflow; run the same command to resume" in stderr, stderr[-3000:]
+        assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-3000:]
+        (run,) = runs_in(tmp_path)  # the resumed driver found the same MLflow run
+        assert run.info.status == "KILLED", sig.name
+        ray_head.wait_idle(timeout_s=60)  # its workers went with it: the head's CPUs are free
