@@ -5,6 +5,7 @@ Files hold only tensors and plain Python values, so they load with torch.load(we
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mupvit.errors import ConfigError
+from mupvit.errors import ConfigError, OutputError
 
 FORMAT_VERSION = 1
 # What torch.load raises for a file that is cut short, not a checkpoint, or of another format version.
@@ -46,10 +47,22 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], kee
     path = checkpoint_path(directory, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    # Serialised in memory first: torch's zip writer turns a failed write (a full disk) into an unreadable
+    # "enforce fail at inline_container.cc" RuntimeError, a plain write says "No space left on device".
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # a full disk keeps no half-written file
+        kept = list_checkpoints(directory)
+        cause = err.strerror or type(err).__name__
+        raise OutputError(f"cannot write checkpoint {path} ({cause}); nothing older was removed "
+                          f"({'newest kept: ' + str(kept[-1]) if kept else 'no earlier checkpoint'}): free space "
+                          "or fix the folder and run the same command to resume") from None
     os.replace(tmp, path)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)

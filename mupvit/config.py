@@ -53,6 +53,10 @@ class DataConfig:
     # Larger images are refused from their header, naming the file (4x ImageNet's largest); mupvit.data.check
     # finds them all before a run.
     max_image_pixels: int = 50_000_000
+    # A training image that does not decode (corrupt, truncated, too large): `fail` stops the run with a checkpoint
+    # and the file's name; `skip` uses the next image of the pass in its place and counts it (train/skipped_images
+    # in the logs and MLflow). Eval images always fail: a top-1 over fewer images is not comparable.
+    on_bad_image: Literal["fail", "skip"] = "fail"
     randaug_layers: int = 2  # 0 turns RandAugment off
     randaug_magnitude: int = 10
     # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.

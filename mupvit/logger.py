@@ -76,6 +76,8 @@ class ConsoleLogger(RunLogger):
                 f"loss {values['train/loss']:.4f}  lr {values['train/lr']:.2e}  "
                 f"grad_norm {values['train/grad_norm']:.3f}  {values['train/images_per_s']:.0f} img/s  "
                 f"data {100 * values['train/data_time_frac']:.0f}%  eta {_eta(eta)}"
+                + (f"  skipped {values['train/skipped_images']:.0f} bad image(s)"
+                   if values.get("train/skipped_images") else "")
             )
         others = {k: v for k, v in values.items() if not k.startswith("train/")}
         if others:
@@ -88,4 +90,5 @@ class ConsoleLogger(RunLogger):
         for split, res in summary.get("eval", {}).items():
             self._print(f"final {split}: top-1 {100 * res['acc1']:.2f}%  top-5 {100 * res['acc5']:.2f}%  "
                         f"loss {res['loss']:.4f}")
-        self._print(f"{summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['images_per_s']:.0f} img/s)")
+        self._print(f"{summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['images_per_s']:.0f} img/s)"
+                    + (f", {summary['skipped_images']} bad image(s) skipped" if summary.get("skipped_images") else ""))

@@ -35,6 +35,7 @@ from mupvit.data import DataError, build_splits, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.device import resolve_device
+from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
 from mupvit.models.registry import build_model
@@ -216,6 +217,15 @@ def forwards(state: RunState) -> tuple[nn.Module, nn.Module]:
     return forward, forward if state.world == 1 else torch.compile(model) if compile_ else model
 
 
+def global_count(count: int, state: RunState) -> int:
+    """`count` summed over the ranks (called by every rank at the same step)."""
+    if state.world == 1:
+        return count
+    total = torch.tensor(count, dtype=torch.int64, device=state.device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def global_loss(loss: float, state: RunState, step: int) -> float:
     """The global batch's loss (the same divergence decision on every rank); raises when it is not finite."""
     if state.world > 1:
@@ -294,11 +304,13 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     batches = iter(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank, state.world,
                                 pin_memory=pin))
     wall0, speed = time.perf_counter(), Throughput()
+    skipping = cfg.data.on_bad_image == "skip"
+    skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
     state.model.train()
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
-            images, labels = next(batches)
+            images, labels, passed_over = next(batches)
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
             # (one process only: with several ranks the others would wait in the checkpoint's collective)
             unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
@@ -307,6 +319,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
                             f"{state.last_ckpt or 'none'})") from None
         images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
+        skipped += int(passed_over.sum())
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
                                          cfg.optim.clip_norm, t.precision,
@@ -316,8 +329,12 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
         speed.add(time.perf_counter() - tick, fetched - tick, len(labels) * state.world)
         if done % t.log_every == 0 or done == end:
             param_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in state.model.parameters()]))
-            logger.metrics(done, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                  "train/param_norm": param_norm.item(), **speed.interval()})
+            values = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                      "train/param_norm": param_norm.item(), **speed.interval()}
+            if skipping:
+                values["train/skipped_images"] = global_count(skipped, state)
+                skipped_total, skipped = skipped_total + int(values["train/skipped_images"]), 0
+            logger.metrics(done, values)
         if done in state.points:
             logger.metrics(done, evaluate_splits(state, done, eval_sets, eval_forward))
         if (t.ckpt_every and done % t.ckpt_every == 0) or done == end:
@@ -327,7 +344,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
         "wall_s": time.perf_counter() - wall0,
         "images_per_s": speed.images / speed.train_time if speed.train_time else 0.0,
         "eval": state.last_eval, **state.last_eval, **state.results, "checkpoint": state.last_ckpt,
-        "out_dir": str(state.out_dir),
+        "out_dir": str(state.out_dir), **({"skipped_images": skipped_total} if skipping else {}),
     }
     logger.end(summary)
     return summary
@@ -362,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary_json:
             check_writable(Path(args.summary_json).expanduser().resolve().parent, "--summary-json")
         summary = run(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

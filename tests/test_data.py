@@ -14,9 +14,10 @@ from PIL import Image
 from mupvit.config import Config, DataConfig, config_from_dict, load_config
 from mupvit.data import build_splits, eval_loader, train_loader
 from mupvit.data.datasets import DataError, Split, load_split, load_splits
+from mupvit.data.decode import decode_image
 from mupvit.data.digits import build_digits
 from mupvit.data.resize import to_uint8_truncating
-from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset, pass_order
+from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset, pass_order, sample_rng
 from mupvit.data.transforms import EvalTransform, TrainTransform, random_resized_crop_box, to_unit_range
 
 DEMO = Path(__file__).resolve().parent.parent / "experiments" / "demo_digits.yaml"
@@ -54,7 +55,7 @@ def _digits_config(digits_root: Path, *overrides: str) -> Config:
 
 
 def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(images.clone(), labels.clone()) for images, labels in loader]
+    return [(images.clone(), labels.clone()) for images, labels, _ in loader]
 
 
 def _assert_same_batches(a, b) -> None:
@@ -143,6 +144,28 @@ def test_corrupt_image_names_file_in_stream(corrupt_split):
     assert str(bad) in str(info.value)
 
 
+def test_skip_bad_fills_a_position_with_the_next_image_of_the_pass(corrupt_split):
+    split, bad = corrupt_split
+    transform = TrainTransform(16, (0.5, 1.0), (0.75, 1.33))
+    dataset = StreamDataset(split, transform, seed=0, skip_bad=True)
+    for position in range(6):  # three passes over the two files
+        image, label, skipped = dataset[position]
+        good = split.samples[dataset.index_at(position)][0] != str(bad)
+        assert skipped == (0 if good else 1)
+        expected = transform(decode_image(next(p for p, _ in split.samples if p != str(bad))),
+                             sample_rng(0, position))  # the good file, under this position's randomness
+        assert torch.equal(image, expected)
+
+
+def test_skip_bad_with_no_decodable_image_is_an_error(tmp_path):
+    _write_tree(tmp_path, {"train": {"a": 1}})
+    for path in (tmp_path / "train" / "a").iterdir():
+        path.write_bytes(b"junk")
+    dataset = StreamDataset(load_split("imagefolder", tmp_path, "train"), transform=None, seed=0, skip_bad=True)
+    with pytest.raises(DataError, match="no image of the 1 in split 'train' decodes"):
+        dataset[0]
+
+
 def test_truncated_jpeg_names_file(tmp_path):
     # A file that starts like a JPEG but is cut short is also reported, not decoded as garbage.
     _write_tree(tmp_path, {"val": {"a": 1}})
@@ -219,8 +242,8 @@ def test_step_consumes_its_stream_positions(digits_root, digits_split):
     dataset = train_loader(cfg, digits_split, 0, 1).dataset
     for step in (0, 2):
         items = [dataset[p] for p in range(step * batch, (step + 1) * batch)]
-        assert torch.equal(batches[step][0], torch.stack([image for image, _ in items]))
-        assert batches[step][1].tolist() == [label for _, label in items]
+        assert torch.equal(batches[step][0], torch.stack([image for image, _, _ in items]))
+        assert batches[step][1].tolist() == [label for _, label, _ in items]
 
 
 def test_resume_mid_stream(digits_root, digits_split):

@@ -4,6 +4,7 @@ at the last completed step and one clear line."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -106,13 +107,13 @@ def test_when_no_checkpoint_loads_resume_fails_naming_them(digits_root, tmp_path
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000000004.pt", "ckpt_000000008.pt"]
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, workers):
+def bad_image_run(tmp_path: Path, workers: int, **overrides) -> tuple[object, Path]:
+    """A 20-step run over 8 train images, one of which (c1/3.png) is not an image."""
     root = tmp_path / "data"
     for split in ("train", "val"):
         for c in range(2):
             folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             for i in range(4):
                 Image.new("RGB", (16, 16), (60 * c + 10 * i,) * 3).save(folder / f"{i}.png")
     bad = root / "train" / "c1" / "3.png"
@@ -124,7 +125,14 @@ def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, wo
                   "num_classes": 2},
         "optim": {"warmup_steps": 0},
         "train": {"epochs": None, "total_steps": 20, "batch_size": 2, "eval_every": None, "eval_at_epochs": [],
-                  "ckpt_every": 100, "out_dir": str(tmp_path / "run")}})
+                  "ckpt_every": 100, "log_every": 4, "out_dir": str(tmp_path / "run")}},
+        [f"{k}={v}" for k, v in overrides.items()])
+    return cfg, bad
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, workers):
+    cfg, bad = bad_image_run(tmp_path, workers)
     with pytest.raises(DataError) as err:
         run(cfg, QuietLogger())
     text = str(err.value)
@@ -132,3 +140,52 @@ def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, wo
     saved = list_checkpoints(tmp_path / "run")
     assert len(saved) == 1 and f"last checkpoint: {saved[0]}" in text
     assert 0 < load_checkpoint(saved[0])["step"] < 20
+
+
+def test_on_bad_image_skip_trains_on_counting_what_it_skipped_and_resumes_exactly(tmp_path):
+    cfg, _ = bad_image_run(tmp_path, 1, **{"data.on_bad_image": "skip"})
+    logger = QuietLogger()
+    summary = run(cfg, logger)
+    # 20 steps x 2 images over 8 files: 5 passes, each meets the bad file once
+    logged = [values["train/skipped_images"] for kind, (_, values) in logger.events
+              if kind == "metrics" and "train/skipped_images" in values]
+    assert summary["finished"] and summary["skipped_images"] == 5 == sum(logged) and len(logged) == 5
+    straight = load_checkpoint(summary["checkpoint"])["model"]
+    # The substitutes depend on the stream position only: a run stopped and resumed ends identical.
+    half = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(tmp_path / "halves")))
+    run(half, QuietLogger(), stop_at_step=9)
+    resumed = load_checkpoint(run(half, QuietLogger())["checkpoint"])["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_on_bad_image_skip_still_fails_on_a_bad_eval_image(tmp_path):
+    cfg, _ = bad_image_run(tmp_path, 0, **{"data.on_bad_image": "skip", "train.eval_every": 10})
+    bad_val = Path(cfg.data.root) / "val" / "c0" / "0.png"
+    bad_val.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=f"cannot decode image {bad_val}"):
+        run(cfg, QuietLogger())
+
+
+FILE_SIZE_CAP = """
+import resource, signal, sys
+from mupvit.train import main
+# A checkpoint is some 50 KB: a 20 KB cap on every file written fails it as a full disk would (EFBIG, not a signal).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones_and_says_how_to_resume(digits_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(digits_root, out, **{"train.total_steps": 8})
+    config = write_config(tmp_path, cfg)
+    run(cfg, QuietLogger(), stop_at_step=4)  # ckpt 4, written without the cap
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_CAP, str(config)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and f"cannot write checkpoint {out / 'ckpt_000000008.pt'} (File too large)" in errors[0]
+    assert f"newest kept: {out / 'ckpt_000000004.pt'}" in errors[0] and "run the same command" in errors[0]
+    assert sorted(p.name for p in out.iterdir() if "ckpt" in p.name) == ["ckpt_000000004.pt"]  # no partial file
+    assert load_checkpoint(out / "ckpt_000000004.pt")["step"] == 4

@@ -72,7 +72,7 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
     randaugment = RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
     transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias, randaugment)
     return DataLoader(
-        StreamDataset(split, transform, cfg.train.seed, decoder(cfg)),
+        StreamDataset(split, transform, cfg.train.seed, decoder(cfg), skip_bad=d.on_bad_image == "skip"),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
         **_loader_kwargs(cfg, pin_memory),
     )

@@ -9,13 +9,23 @@ step alone, and neither order nor augmentation depends on how many loader worker
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mupvit.data.datasets import Split
+from mupvit.data.datasets import DataError, Split
 from mupvit.data.decode import decode_image
+
+
+class TrainSample(NamedTuple):
+    """One stream position (collated: one batch). `skipped`: the bad files passed over to fill it, 0 unless
+    data.on_bad_image is skip."""
+
+    image: torch.Tensor
+    label: int
+    skipped: int
 
 
 def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
@@ -31,8 +41,10 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 class StreamDataset(Dataset):
     """Map-style view of the stream: item p is (image, label) at stream position p."""
 
-    def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_image) -> None:
+    def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_image,
+                 skip_bad: bool = False) -> None:
         self.split, self.transform, self.seed, self.decode = split, transform, seed, decode
+        self.skip_bad = skip_bad
         self._order_pass, self._order = -1, np.empty(0, dtype=np.int64)
 
     def index_at(self, position: int) -> int:
@@ -42,9 +54,21 @@ class StreamDataset(Dataset):
             self._order, self._order_pass = pass_order(self.seed, pass_index, n), pass_index
         return int(self._order[position % n])
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
-        path, label = self.split.samples[self.index_at(position)]
-        return self.transform(self.decode(path), sample_rng(self.seed, position)), label
+    def __getitem__(self, position: int) -> TrainSample:
+        """With skip_bad, a file that does not decode is replaced by the next one of the pass that does (same
+        position, same augmentation randomness), so the stream stays a function of (seed, position) alone and
+        resume and worker-count independence still hold."""
+        n = len(self.split)
+        for skipped in range(n if self.skip_bad else 1):
+            path, label = self.split.samples[self.index_at(position - position % n + (position + skipped) % n)]
+            try:
+                image = self.decode(path)
+            except DataError:
+                if not self.skip_bad:
+                    raise
+                continue
+            return TrainSample(self.transform(image, sample_rng(self.seed, position)), label, skipped)
+        raise DataError(f"data.on_bad_image=skip: no image of the {n} in split '{self.split.name}' decodes")
 
 
 class StreamBatchSampler(Sampler[list[int]]):
