@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 
 from mupvit.config import ConfigError
+from orchestration.local_cluster import free_port
 from orchestration.tracking import DEFAULT_URI, artifact_location, resolve_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -61,12 +62,6 @@ def check_store_exists(uri: str) -> None:
     if not path.is_file():
         raise UiError(f"MLflow store {path} does not exist: create runs first with `make demo` (or point "
                       "--tracking-uri / MLFLOW_TRACKING_URI at an existing sqlite:///.../mlflow.db)")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -126,7 +126,7 @@ def wait_for_free_resources(cfg: Config, log=print) -> None:
             raise ClusterError(f"resources busy for {cfg.cluster.resource_wait_s:g} s ({busy}); wait for other "
                                "jobs to finish or raise cluster.resource_wait_s")
         if not announced:
-            log(f"orchestration: waiting up to {cfg.cluster.resource_wait_s:g} s for free resources {need}")
+            log(f"waiting up to {cfg.cluster.resource_wait_s:g} s for free resources {need}")
             announced = True
         time.sleep(1.0)
 

@@ -77,13 +77,16 @@ def auth_headers() -> dict[str, str]:
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def cluster_env() -> dict[str, str]:
-    """Environment for a local head's `ray start`, a second node of it, `ray job submit` and a driver: the venv
-    first on PATH (the job's `python` is the head's), every listener on loopback, and Ray's token auth on with this
-    user's token (see ensure_token), so that no other user of this machine gets in either."""
+def cluster_env(loopback_only: bool = True) -> dict[str, str]:
+    """Environment for a local head's `ray start`, `ray job submit` and a driver: the venv first on PATH (the job's
+    `python` is the head's), every listener on loopback, and Ray's token auth on with this user's token (see
+    ensure_token), so that no other user of this machine gets in either.
+
+    loopback_only=False is for a head that other nodes join (Ray refuses nodes in its single-machine mode): its
+    daemons then listen on the host's address too, and the token is all that keeps others out."""
     ensure_token()
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-            **LOOPBACK_ONLY}
+            **(LOOPBACK_ONLY if loopback_only else {})}
 
 
 def use_token_auth() -> None:
@@ -192,6 +195,7 @@ class Head:
     num_cpus: int | None = None
     num_gpus: int | None = None
     own_temp_dir: bool = field(default=True, repr=False)
+    loopback_only: bool = True  # False: a head that other nodes may join (see cluster_env)
     stopped: bool = field(default=False, repr=False)  # once stopped, its session id may be reused: never look again
 
     @property
@@ -206,7 +210,7 @@ class Head:
 
     def env(self) -> dict[str, str]:
         """cluster_env() with RAY_ADDRESS: a driver started with it joins this head."""
-        return {**cluster_env(), "RAY_ADDRESS": self.address}
+        return {**cluster_env(self.loopback_only), "RAY_ADDRESS": self.address}
 
     def running(self) -> bool:
         return head_running(self.ports.dashboard)
@@ -252,10 +256,10 @@ class Head:
             time.sleep(settle_s)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now (the kernel's pick)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now at `host` (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
@@ -284,10 +288,10 @@ _started: list[Head] = []  # the heads this process started and has not stopped 
 
 def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port: int = 8265,
                object_store_bytes: int = 1_000_000_000, timeout_s: float = 120.0, *, ports: HeadPorts | None = None,
-               num_gpus: int | None = None, temp_dir: str | Path | None = None) -> Head:
+               num_gpus: int | None = None, temp_dir: str | Path | None = None, loopback_only: bool = True) -> Head:
     """`ray start --head` for 127.0.0.1; returns once the job server answers. `ports` (e.g. HeadPorts.block(base))
     replaces gcs_port / dashboard_port and sets every other port; `temp_dir` defaults to a new directory of its
-    own, which stop_head removes."""
+    own, which stop_head removes; loopback_only=False lets other nodes join (see cluster_env)."""
     ports = ports or HeadPorts(gcs=gcs_port, dashboard=dashboard_port)
     own_temp_dir = temp_dir is None
     temp = Path(temp_dir or tempfile.mkdtemp(prefix=f"ray{ports.gcs}-", dir=_temp_root()))
@@ -303,10 +307,10 @@ def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port
         cmd += ["--num-gpus", str(num_gpus)]
     # A session of its own: the daemons `ray start` leaves behind keep it, which is how stop_head finds them.
     # RAY_ADDRESS: for Ray Train's PlacementGroupCleaner (see prepare_in_process_ray).
-    env = {**cluster_env(), **ports.env_vars(), "RAY_ADDRESS": f"127.0.0.1:{ports.gcs}"}
+    env = {**cluster_env(loopback_only), **ports.env_vars(), "RAY_ADDRESS": f"127.0.0.1:{ports.gcs}"}
     starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    head = Head(ports, temp, starter.pid, num_cpus, num_gpus, own_temp_dir)
+    head = Head(ports, temp, starter.pid, num_cpus, num_gpus, own_temp_dir, loopback_only)
     try:
         out, err = starter.communicate(timeout=timeout_s)
         if starter.returncode != 0:

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -131,9 +132,10 @@ def record(cfg: Config, name: str, uri: str) -> dict[str, Any]:
     try:
         wait_for_free_resources(cfg, log)
         result = fit(cfg, name, run_id, uri)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stopped by the user, not failed
+    except (KeyboardInterrupt, SystemExit) as stop:  # stopped by the user, not failed: SIGTERM (our handler) or
+        # Ctrl-C, which Ray Train's own SIGINT handler turns into an abort of its workers and then a SystemExit
         client.set_terminated(run_id, "KILLED")
-        raise
+        raise KeyboardInterrupt from stop
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -155,6 +157,9 @@ def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | N
         from ray.tune.integration.ray_train import TuneReportCallback
 
         loop_config["sweep"], callbacks = sweep, [TuneReportCallback()]
+    # Ray Train waits this long for a worker group's resources before its controller counts a failure (its default:
+    # 60 s), so a lost node that nobody replaces fails the run after 1 + cluster.max_failures waits, not never.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{c.resource_wait_s:g}"
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
@@ -162,13 +167,26 @@ def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | N
                                      resources_per_worker={"CPU": c.cpus_per_worker,
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
         run_config=RunConfig(name=name, storage_path=c.storage_path, callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=c.max_failures),
+                             # A worker group that cannot start (its node lost, no other) fails the controller:
+                             # as many such tries as worker failures, then the run fails instead of retrying forever.
+                             failure_config=FailureConfig(max_failures=c.max_failures,
+                                                          controller_failure_limit=c.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints),
                              # Ray Train's INFO lines ("Reporting training result ...") go to the session's
                              # ray-train-sys-*.log files only; the console keeps the run's progress and warnings.
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     return trainer.fit()
+
+
+def failure_reason(err: Exception) -> str:
+    """Ray Train's failure as one line: its first statement that is not a heading, and what to do."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().endswith(":")]
+    reason = (lines[0] if lines else type(err).__name__).split(" Potential causes")[0]
+    if "worker group startup timed out" in reason:
+        reason += (" (cluster.resource_wait_s): the cluster no longer has the workers' resources, e.g. a node was "
+                   "lost; add one or lower cluster.num_workers, then run the same command to resume")
+    return reason[:400]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ray.train.TrainingFailedError as err:
-        print(f"error: training failed after the allowed worker restarts: {err}", file=sys.stderr)
+        print(f"error: training failed after the allowed worker restarts: {failure_reason(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the run is stopped and marked KILLED in MLflow; run the same command to resume it from "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,12 @@ import torch.multiprocessing as mp
 
 from mupvit.checkpoint import load_checkpoint
 from mupvit.train import run
+from orchestration.local_cluster import free_port
 
 from .helpers import QuietLogger, tiny_config
 
 STEPS = 20
 OVERRIDES = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "data.mixup_alpha": 0.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(logger: QuietLogger) -> list[float]:
