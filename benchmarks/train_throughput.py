@@ -105,7 +105,7 @@ def main() -> None:
         steps[name] = lambda f=forward, o=optimizer, c=counter: train_step(
             f, o, images, labels, next(c), 1, 1.0, precision)
         for _ in range(3):  # warm-up (and compilation); the third step's loss follows two identical updates
-            warm_loss[name] = steps[name]()[0]
+            warm_loss[name] = steps[name]()[0].item()
 
     rates = {"mupvit": [], "timm": []}
     for round_index in range(args.rounds):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from mupvit.config import OptimConfig
 from mupvit.models.parametrization import DECAYED_ROLES, ROLES
@@ -52,6 +53,11 @@ def describe_param_groups(groups: list[dict], weight_decay: float) -> str:
     return "\n".join(lines)
 
 
+def fused_supported(device: torch.device) -> bool:
+    """Whether this torch has a fused Adam kernel for `device` (CUDA, and CPU since torch 2.4)."""
+    return device.type in _get_fused_kernels_supported_devices()
+
+
 class BigVisionAdam:
     """Adam whose weight decay is `param -= schedule(t) * wd * param`, independent of the learning rate.
 
@@ -59,13 +65,22 @@ class BigVisionAdam:
     pre-update parameter, as optax does), so it stays exact whatever each group's lr is. With mu_dtype bfloat16
     the first moment is rounded to bfloat16 after each update (optax scale_by_adam(mu_dtype=...): the update
     itself uses the unrounded moment); it is kept in float32 tensors holding bfloat16 values.
+
+    The Adam update runs in torch's fused kernel where the parameters' device has one (`fused` None), else in
+    its foreach kernels. Neither the decay nor the rounding is part of that kernel, so both paths do the same
+    update (to float rounding). The fused path keeps Adam's step count on the device: no host read per step.
     """
 
-    def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int) -> None:
+    def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int, fused: bool | None = None) -> None:
         self.cfg, self.total_steps = cfg, total_steps
-        self.optimizer = torch.optim.Adam(
-            groups, lr=0.0, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0, foreach=True
-        )
+        if fused is None:
+            fused = fused_supported(groups[0]["params"][0].device)
+        self.fused = fused
+        self.optimizer = torch.optim.Adam(groups, lr=0.0, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0,
+                                          **self._kernel())
+
+    def _kernel(self) -> dict[str, bool]:
+        return {"fused": True, "foreach": False} if self.fused else {"fused": False, "foreach": True}
 
     @property
     def param_groups(self) -> list[dict]:
@@ -95,7 +110,10 @@ class BigVisionAdam:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        """Restore `state`, keeping this optimiser's kernel: torch would take the checkpoint's, and place the step
+        counts by it (on the device for fused), so a checkpoint from either path resumes on the other."""
+        groups = [{**group, **self._kernel()} for group in state["param_groups"]]
+        self.optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 @torch.no_grad()

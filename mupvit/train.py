@@ -71,10 +71,11 @@ def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
 
 def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor, labels: torch.Tensor,
                step: int, accum_steps: int, clip_norm: float | None, precision: str,
-               mixup: float | None = None) -> tuple[float, float, float]:
+               mixup: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimiser update over a batch cut into `accum_steps` micro-batches; the summed gradients of
     loss/accum_steps equal the full batch's gradient. `mixup` is the batch's MixUp coefficient, applied to the
-    whole batch before it is cut. Returns (loss, grad norm before clipping, lr)."""
+    whole batch before it is cut. Returns (loss, grad norm before clipping, lr); loss and norm are 0-dim tensors
+    on the device, so that the step never waits for it."""
     device_type = images.device.type
     rolled = labels.roll(1, dims=0)
     if mixup is not None:
@@ -93,7 +94,7 @@ def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor,
     grad_norm = clip_by_global_norm(model.parameters(), clip_norm)
     lr = optimizer.step(step)
     optimizer.zero_grad()
-    return loss_sum.item(), grad_norm.item(), lr
+    return loss_sum, grad_norm, lr
 
 
 def eval_points(cfg: Config, n_train: int, steps: int) -> dict[int, list[float]]:
@@ -226,18 +227,38 @@ def global_count(count: int, state: RunState) -> int:
     return int(total.item())
 
 
-def global_loss(loss: float, state: RunState, step: int) -> float:
-    """The global batch's loss (the same divergence decision on every rank); raises when it is not finite."""
-    if state.world > 1:
-        loss_t = torch.tensor(loss, dtype=torch.float64, device=state.device)
-        dist.all_reduce(loss_t)
-        loss = loss_t.item() / state.world
-    if not torch.isfinite(torch.tensor(loss)):
-        raise TrainingDiverged(
-            f"loss became {loss} at step {step}; last good checkpoint: {state.last_ckpt or 'none'}. "
-            "Lower optim.lr or raise optim.warmup_steps"
-        )
-    return loss
+class LossWatch:
+    """Divergence found without a host sync per step: each step's loss stays on the device, and a device flag
+    records whether any loss since the last check was NaN or infinite. `check` reads both (one transfer, and on
+    several ranks one all-reduce, so that every rank takes the same decision) at log, eval and checkpoint steps."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.checked = state.start  # every loss up to this step was finite
+        self.loss = torch.zeros((), device=state.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=state.device)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss = loss
+        self.bad |= ~torch.isfinite(loss)
+
+    def check(self, step: int) -> float:
+        """The global batch's loss at `step` (the last one added); raises TrainingDiverged when a loss since the
+        last check was not finite, naming the steps it happened between and the last (good) checkpoint."""
+        values = torch.stack([self.loss, self.bad.to(self.loss.dtype)])
+        if self.state.world > 1:
+            values = values.double()
+            dist.all_reduce(values)
+        total, bad = values.tolist()
+        if bad:
+            first = self.checked + 1
+            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+            raise TrainingDiverged(
+                f"loss became NaN or infinite {where}; last good checkpoint: {self.state.last_ckpt or 'none'}. "
+                "Lower optim.lr or raise optim.warmup_steps"
+            )
+        self.checked = step
+        return total / self.state.world  # exact for one rank
 
 
 class Throughput:
@@ -307,6 +328,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     skipping = cfg.data.on_bad_image == "skip"
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
     state.model.train()
+    watch = LossWatch(state)
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
@@ -315,21 +337,27 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             # (one process only: with several ranks the others would wait in the checkpoint's collective)
             unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
             if state.world == 1 and step > state.start and unsaved:
+                watch.check(step)  # never save a diverged model
                 save(state, step, logger)
             raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
                             f"{state.last_ckpt or 'none'})") from None
         images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
-        skipped += int(passed_over.sum())
+        skipped += int(passed_over.sum())  # a host tensor from the loader: no device sync
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
                                          cfg.optim.clip_norm, t.precision,
                                          mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
+        watch.add(loss)
         done = step + 1
-        loss = global_loss(loss, state, done)
+        logging = done % t.log_every == 0 or done == end
+        saving = bool(t.ckpt_every and done % t.ckpt_every == 0) or done == end
+        # The only host sync of a step, where its numbers are needed; before the timer stops, so that the steps'
+        # time includes the device work queued since the last one.
+        global_loss = watch.check(done) if logging or saving or done in state.points else None
         speed.add(time.perf_counter() - tick, fetched - tick, len(labels) * state.world)
-        if done % t.log_every == 0 or done == end:
+        if logging:
             param_norm = torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in state.model.parameters()]))
-            values = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+            values = {"train/loss": global_loss, "train/lr": lr, "train/grad_norm": grad_norm.item(),
                       "train/param_norm": param_norm.item(), **speed.interval()}
             if skipping:
                 values["train/skipped_images"] = global_count(skipped, state)
@@ -337,7 +365,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             logger.metrics(done, values)
         if done in state.points:
             logger.metrics(done, evaluate_splits(state, done, eval_sets, eval_forward))
-        if (t.ckpt_every and done % t.ckpt_every == 0) or done == end:
+        if saving:
             save(state, done, logger)
     summary: dict[str, Any] = {
         "steps": end, "total_steps": state.steps, "finished": end == state.steps,

@@ -64,4 +64,4 @@ def test_train_step_with_mixup_matches_soft_target_loss(accum):
     target = a * F.one_hot(labels, 10).float() + (1 - a) * F.one_hot(labels.roll(1, 0), 10).float()
     logits = reference(a * images + (1 - a) * images.roll(1, 0))
     expected = -(target * logits.log_softmax(-1)).sum(-1).mean()
-    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -68,7 +68,7 @@ def test_gradient_accumulation_equals_full_batch():
         torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would give zero grads upstream
         optimizer = build_optimizer(model, OptimConfig(warmup_steps=1, clip_norm=None), total_steps=10)
         loss, grad_norm, _ = train_step(model, optimizer, images, labels, 3, accum, None, "fp32")
-        results.append((loss, grad_norm, [p.detach().clone() for p in model.parameters()]))
+        results.append((loss.item(), grad_norm.item(), [p.detach().clone() for p in model.parameters()]))
     (loss1, norm1, params1), (loss4, norm4, params4) = results
     assert loss1 == pytest.approx(loss4, rel=1e-5)
     assert norm1 == pytest.approx(norm4, rel=1e-4)
@@ -82,6 +82,19 @@ def test_divergence_stops_with_step_and_checkpoint(digits_root, tmp_path):
     })
     with pytest.raises(TrainingDiverged, match=r"at step (\d+); last good checkpoint: .*ckpt_0+\d+\.pt"):
         run(cfg, QuietLogger())
+
+
+def test_divergence_between_log_steps_names_the_interval_and_writes_no_diverged_checkpoint(digits_root, tmp_path):
+    # The loss is read at log, eval and checkpoint steps only: the error names the steps since the last read.
+    cfg = tiny_config(digits_root, tmp_path, **{
+        "optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": None, "train.log_every": 3,
+        "train.eval_every": None, "data.eval_splits": [], "train.ckpt_every": None,
+    })
+    with pytest.raises(TrainingDiverged, match=r"^loss became NaN or infinite between steps 1 and 3; "
+                                               r"last good checkpoint: none\. Lower optim\.lr or raise "
+                                               r"optim\.warmup_steps$"):
+        run(cfg, QuietLogger())
+    assert not list(tmp_path.glob("ckpt_*.pt"))
 
 
 def test_eval_points_name_epoch_equivalents():
