@@ -47,12 +47,12 @@ def test_mup_transfer(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_overhead(tmp_path):
-    out = tiny("ray_overhead.py", cwd=tmp_path)
+def test_ray_overhead(ray_head, ray_env, tmp_path):  # on the session's shared head: no Ray start-up per run
+    out = tiny("ray_overhead.py", "--address", ray_head.address, cwd=tmp_path, env=ray_env)
     assert "training-time ratio Ray/plain" in out
 
 
 @pytest.mark.slow
-def test_sweep_efficiency(tmp_path):
-    out = tiny("sweep_efficiency.py", "--workdir", str(tmp_path), cwd=tmp_path, timeout=600)
+def test_sweep_efficiency(ray_env, tmp_path):  # its sweeps join the shared head through RAY_ADDRESS
+    out = tiny("sweep_efficiency.py", "--workdir", str(tmp_path), cwd=tmp_path, env=ray_env, timeout=600)
     assert "trial-steps: grid" in out and "best lr within one grid step in 1/1" in out
