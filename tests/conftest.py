@@ -57,3 +57,17 @@ def ray_env(ray_head: Head) -> dict[str, str]:
     test finds all of its CPUs free, as it would on a head of its own."""
     ray_head.wait_idle()
     return ray_head.env()
+
+
+@pytest.fixture(scope="session")
+def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
+    its summary). Compared with one worker there, and with a run that loses a node in tests/test_two_nodes.py (2
+    ranks sum their gradients in either order alike, so the cluster's layout changes no bit)."""
+    from .test_orchestration import orchestrate, summary_of, write_config
+
+    folder = tmp_path_factory.mktemp("two_workers")
+    ray_head.wait_idle()
+    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
+                                     "cluster.num_workers=2", "tracking.run_name=two"))
+    return folder, summary
