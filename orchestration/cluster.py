@@ -24,13 +24,18 @@ class ClusterError(RuntimeError):
 REACH_TIMEOUT_S = 5.0
 
 
+def split_address(address: str) -> tuple[str, int] | None:
+    """("10.0.0.1", 6379) of "10.0.0.1:6379" or "ray://[::1]:10001"; None for "auto", "local" and the like."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and port.isdigit() else None
+
+
 def check_reachable(address: str) -> None:
     """A host:port GCS address must accept a TCP connection within seconds (ray.init would retry for minutes)."""
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+    if (host_port := split_address(address)) is None:
         return  # "auto", "local", ...: Ray resolves those itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+        socket.create_connection(host_port, timeout=REACH_TIMEOUT_S).close()
     except OSError as err:
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({err.strerror or type(err).__name__}); "
                            "start it with `ray start --head` or fix cluster.address / RAY_ADDRESS") from None
@@ -40,8 +45,9 @@ def loopback_only_gcs(address: str) -> bool:
     """The GCS at `address` is on this machine and listens on loopback only, as local_cluster's heads do: a driver
     must then run in Ray's single-machine mode too (a plain `ray start` head listens on the host's address as well,
     and wants its drivers on that address)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]")
+    if (host_port := split_address(address)) is None:
+        return False
+    host, port = host_port
     try:
         if not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback:
             return False
@@ -56,7 +62,7 @@ def loopback_only_gcs(address: str) -> bool:
     if ipaddress.ip_address(host_ip).is_loopback:
         return True
     try:
-        socket.create_connection((host_ip, int(port)), timeout=REACH_TIMEOUT_S).close()
+        socket.create_connection((host_ip, port), timeout=REACH_TIMEOUT_S).close()
     except OSError:
         return True
     return False

@@ -41,10 +41,17 @@ def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
 
 
+def stored_token() -> str:
+    """This user's token as Ray finds it (RAY_AUTH_TOKEN, else the token file), or "" when there is none yet."""
+    if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return token
+    return token_path().read_text().strip() if token_path().is_file() else ""
+
+
 def ensure_token() -> str:
     """The token of this user's local heads, generated on first use as Ray's `ray get-auth-token --generate` does
     (256 random bits), but created readable by its owner only: whoever reads it can run code on the cluster."""
-    if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+    if token := stored_token():
         return token
     path = token_path()
     if not path.exists():
@@ -65,9 +72,7 @@ def ensure_token() -> str:
 def auth_headers() -> dict[str, str]:
     """The HTTP header that Ray's dashboard and job server ask for under token auth; {} when this user has no token
     (a cluster without auth, e.g. one on another machine, needs none)."""
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if not token and token_path().is_file():
-        token = token_path().read_text().strip()
+    token = stored_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
