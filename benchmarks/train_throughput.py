@@ -60,6 +60,46 @@ def images_per_s(step, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
+def compare_train_steps(cfg: ModelConfig, image: int, batch: int, steps: int, rounds: int, precision: str,
+                        compile: bool, device: torch.device) -> dict:
+    """Both models' train step on the same synthetic batch, timed in alternating rounds; their medians, the
+    median per-round ratio and the third warm-up step's loss difference (0 when both take the identical step)."""
+    torch.manual_seed(0)
+    ours = ViT(cfg, image)
+    theirs = timm_twin(ours, cfg, image)
+    images = torch.randn(batch, 3, image, image, device=device)
+    labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
+
+    step_fns, warm_loss = {}, {}
+    optimizers = {"mupvit": lambda: build_optimizer(ours, OPTIM, TOTAL_STEPS),
+                  "timm": lambda: timm_optimizer(theirs, ours)}
+    for name, model in (("mupvit", ours), ("timm", theirs)):
+        model = model.to(device).train()
+        optimizer = optimizers[name]()
+        forward = torch.compile(model) if compile else model
+        counter = iter(range(1, 10**9))
+        step_fns[name] = lambda f=forward, o=optimizer, c=counter: train_step(
+            f, o, images, labels, next(c), 1, 1.0, precision)
+        for _ in range(3):  # warm-up (and compilation); the third step's loss follows two identical updates
+            warm_loss[name] = step_fns[name]()[0].item()
+
+    rates: dict[str, list[float]] = {"mupvit": [], "timm": []}
+    for round_index in range(rounds):
+        order = ("mupvit", "timm") if round_index % 2 == 0 else ("timm", "mupvit")  # cancel order effects
+        for name in order:
+            rates[name].append(images_per_s(step_fns[name], batch, steps))
+    ratios = [a / b for a, b in zip(rates["mupvit"], rates["timm"], strict=True)]
+    return {
+        "threads": torch.get_num_threads(), "precision": precision, "compile": compile,
+        "shape": dict(width=cfg.width, depth=cfg.depth, heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+                      patch=cfg.patch_size, image=image, classes=cfg.num_classes),
+        "batch": batch, "third_step_loss_diff": abs(warm_loss["mupvit"] - warm_loss["timm"]),
+        "mupvit_images_per_s": statistics.median(rates["mupvit"]),
+        "timm_images_per_s": statistics.median(rates["timm"]),
+        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=192)
@@ -84,44 +124,12 @@ def main() -> None:
         args.width, args.depth, args.heads, args.patch, args.image = 384, 12, 6, 16, 224
         args.batch = 256 if args.batch == 64 else args.batch
         precision, compile_models, device = "bf16", True, torch.device("cuda")
-    shape = dict(width=args.width, depth=args.depth, heads=args.heads, mlp_dim=4 * args.width,
-                 patch=args.patch, image=args.image, classes=1000)
     cfg = ModelConfig(variant=None, width=args.width, depth=args.depth, num_heads=args.heads, mlp_dim=4 * args.width,
                       patch_size=args.patch, num_classes=1000)
-    torch.manual_seed(0)
-    ours = ViT(cfg, args.image)
-    theirs = timm_twin(ours, cfg, args.image)
-    images = torch.randn(args.batch, 3, args.image, args.image, device=device)
-    labels = torch.randint(0, 1000, (args.batch,), device=device)
-
-    steps, warm_loss = {}, {}
-    optimizers = {"mupvit": lambda: build_optimizer(ours, OPTIM, TOTAL_STEPS),
-                  "timm": lambda: timm_optimizer(theirs, ours)}
-    for name, model in (("mupvit", ours), ("timm", theirs)):
-        model = model.to(device).train()
-        optimizer = optimizers[name]()
-        forward = torch.compile(model) if compile_models else model
-        counter = iter(range(1, 10**9))
-        steps[name] = lambda f=forward, o=optimizer, c=counter: train_step(
-            f, o, images, labels, next(c), 1, 1.0, precision)
-        for _ in range(3):  # warm-up (and compilation); the third step's loss follows two identical updates
-            warm_loss[name] = steps[name]()[0].item()
-
-    rates = {"mupvit": [], "timm": []}
-    for round_index in range(args.rounds):
-        order = ("mupvit", "timm") if round_index % 2 == 0 else ("timm", "mupvit")  # cancel order effects
-        for name in order:
-            rates[name].append(images_per_s(steps[name], args.batch, args.steps))
-    ratios = [a / b for a, b in zip(rates["mupvit"], rates["timm"], strict=True)]
-    result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "precision": precision, "compile": compile_models,
-        "shape": shape, "batch": args.batch, "third_step_loss_diff": abs(warm_loss["mupvit"] - warm_loss["timm"]),
-        "mupvit_images_per_s": statistics.median(rates["mupvit"]),
-        "timm_images_per_s": statistics.median(rates["timm"]),
-        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-    }
-    print(json.dumps(result, indent=2))
+    result = compare_train_steps(cfg, args.image, args.batch, args.steps, args.rounds, precision, compile_models,
+                                 device)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(json.dumps({"device": device_name, **result}, indent=2))
 
 
 if __name__ == "__main__":

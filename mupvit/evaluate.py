@@ -32,15 +32,22 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32",
+             fixed_shape: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 over every batch. `fixed_shape` (for a torch.compile'd model) pads a smaller last batch
+    to the first one's size and drops the padding's logits, so the model sees one input shape and compiles once."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    full = None
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        full = full or len(labels)
+        if fixed_shape and len(labels) < full:
+            images = torch.cat([images, images.new_zeros((full - len(labels), *images.shape[1:]))])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images)
-        logits = logits.float()
+        logits = logits[:len(labels)].float()
         totals += torch.stack([
             F.cross_entropy(logits, labels, reduction="sum").double(),
             topk_correct(logits, labels, 1).double(),

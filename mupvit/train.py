@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from mupvit.config import (
 from mupvit.data import DataError, build_splits, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
+from mupvit.data.prefetch import DevicePrefetcher
+from mupvit.data.stream import TrainSample
 from mupvit.device import resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
@@ -197,7 +200,8 @@ def evaluate_splits(state: RunState, step: int, eval_sets: dict[str, Any], forwa
     """Every eval split at `step`, and the N-epoch-equivalent results scheduled there (first split's top-1)."""
     values = {}
     for name, loader in eval_sets.items():
-        state.last_eval[name] = evaluate(forward, loader, state.device, state.cfg.train.precision)
+        state.last_eval[name] = evaluate(forward, loader, state.device, state.cfg.train.precision,
+                                         fixed_shape=state.cfg.train.compile)
         values.update({f"{name}/{k}": v for k, v in state.last_eval[name].items()})
     primary = state.last_eval[state.cfg.data.eval_splits[0]]["acc1"] if eval_sets else None
     for ep in state.points[step]:
@@ -306,6 +310,15 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
         return train(cfg, logger, stop_at_step, device, resume_from)
 
 
+def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
+    """Moves a train batch's images and labels to `device` (asynchronous copies from pinned memory); the counts of
+    skipped files stay on the host, where adding them up needs no device sync."""
+    def move(batch: TrainSample) -> TrainSample:
+        return batch._replace(image=batch.image.to(device, non_blocking=True),
+                              label=batch.label.to(device, non_blocking=True))
+    return move
+
+
 def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
           resume_from: str | Path | None) -> dict[str, Any]:
     """The run itself, in the order big_vision's train.py reads: setup, then step, eval and checkpoint."""
@@ -322,8 +335,8 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     pin = state.device.type == "cuda"
     eval_sets = {name: eval_loader(cfg, state.splits[name], pin, state.rank, state.world)
                  for name in cfg.data.eval_splits}
-    batches = iter(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank, state.world,
-                                pin_memory=pin))
+    batches = DevicePrefetcher(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank,
+                                            state.world, pin_memory=pin), state.device, batch_mover(state.device))
     wall0, speed = time.perf_counter(), Throughput()
     skipping = cfg.data.on_bad_image == "skip"
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
@@ -341,8 +354,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                 save(state, step, logger)
             raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
                             f"{state.last_ckpt or 'none'})") from None
-        images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
-        skipped += int(passed_over.sum())  # a host tensor from the loader: no device sync
+        skipped += int(passed_over.sum())
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
                                          cfg.optim.clip_norm, t.precision,

@@ -118,11 +118,13 @@ def check_capacity(cfg: Config, nodes: list[dict[str, Any]] | None = None) -> No
 
 
 def wait_for_free_resources(cfg: Config, log=print) -> None:
-    """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s, then fail."""
+    """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s, then fail. Capacity is
+    checked again at every poll: a node that Ray marks dead meanwhile turns the wait into check_capacity's error."""
     need = {k: v * cfg.cluster.num_workers for k, v in worker_resources(cfg).items()}
     deadline = time.monotonic() + cfg.cluster.resource_wait_s
     announced = False
     while True:
+        check_capacity(cfg)
         free = ray.available_resources()
         short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) < v}
         if not short:

@@ -162,9 +162,7 @@ class HeadPorts:
     @classmethod
     def block(cls, base: int) -> HeadPorts:
         """Every port in base .. base + 999: GCS base, dashboard base + 1, the other daemons base + 2 .. base + 10,
-        workers base + 100 .. base + 999. Bases from 24000 to 31000 in steps of 1000 stay clear of Ray's defaults
-        (6379, 8265, 10001-19999, 52365), of the Ray client's per-client servers (23000-24000) and of Linux's
-        ephemeral ports (32768 and up), where the random ports of other heads land."""
+        workers base + 100 .. base + 999 (PORT_BLOCK_BASES lists the bases that collide with nothing of Ray's)."""
         return cls(gcs=base, dashboard=base + 1, client_server=base + 2, dashboard_agent_listen=base + 3,
                    dashboard_agent_grpc=base + 4, runtime_env_agent=base + 5, metrics_export=base + 6,
                    node_manager=base + 7, object_manager=base + 8, autoscaler_metrics=base + 9,
@@ -279,7 +277,12 @@ def port_free(port: int) -> bool:
     return True
 
 
-def free_port_block(bases: Iterable[int] = range(25000, 32000, 1000)) -> HeadPorts:
+# Bases of HeadPorts.block: clear of Ray's defaults (6379, 8265, 10001-19999, 52365), of the Ray client's
+# per-client servers (23000-24000) and of Linux's ephemeral ports (32768 and up, where random ports land).
+PORT_BLOCK_BASES = (*range(20000, 23000, 1000), *range(25000, 32000, 1000))
+
+
+def free_port_block(bases: Iterable[int] = PORT_BLOCK_BASES) -> HeadPorts:
     """HeadPorts.block of the first base whose daemon ports and a sample of whose worker ports are free."""
     for base in bases:
         ports = HeadPorts.block(base)

@@ -12,12 +12,33 @@ import pytest
 
 from mupvit.data.digits import build_digits
 
+from .helpers import worker_port_bases
+
 if TYPE_CHECKING:  # orchestration needs the platform extras: imported by the fixtures, not by every test
     from orchestration.local_cluster import Head
 
 # The most any test asks of the shared head at once: two Ray Train workers (or two trials) of one CPU each, or
 # one trial of two workers. A test asking for more must fail for want of CPUs (the "too-many-workers" case).
 SHARED_HEAD_CPUS = 2
+
+
+# `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Tests that share an expensive module-
+# or session-scoped fixture run in one worker, so it is built once and not once per worker.
+SHARED_FIXTURE_GROUPS = {
+    "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "two_nodes": "orchestrated-runs",
+    "store": "report-store", "two_rank_run": "ddp-run", "trained": "trained-run", "rows": "coord-check-rows",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((SHARED_FIXTURE_GROUPS[name] for name in item.fixturenames if name in SHARED_FIXTURE_GROUPS),
+                     None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The slow tests first (xdist hands out work in this order), so that no long one starts last while the other
+    # worker idles; a stable sort, the same in every worker.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,20 +53,29 @@ def ray_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.environ.update({var: value for var, value in before.items() if value is not None})
 
 
-@pytest.fixture(scope="session")
-def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_digits(tmp_path_factory.mktemp("data") / "digits")
+@pytest.fixture(scope="session", autouse=True)
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The digits demo data, built once per session in the session's own MUPVIT_DATA_DIR (which every subprocess
+    inherits): a test of a shipped config without data.root finds it built and prints no "building ..." line,
+    whichever test comes first, and the suite never writes the user's ~/.cache/mupvit."""
+    before = os.environ.get("MUPVIT_DATA_DIR")
+    os.environ["MUPVIT_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield build_digits()
+    if before is None:
+        os.environ.pop("MUPVIT_DATA_DIR")
+    else:
+        os.environ["MUPVIT_DATA_DIR"] = before
 
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[Head]:
     """One Ray head on 127.0.0.1 for the whole session, started when a test first needs it: 2 CPUs and no GPU
     (also on a machine with one: the tests expect "the cluster has 0 GPU"), every port in a block of its own
-    (never Ray's defaults, nor the ports of a head of the user's or of another test run), its own temp dir.
-    It is stopped on its own at the end: other Ray heads of this machine keep running."""
+    (never Ray's defaults, nor the ports of a head of the user's, of another test run or of another xdist worker),
+    its own temp dir. It is stopped on its own at the end: other Ray heads of this machine keep running."""
     from orchestration.local_cluster import free_port_block, start_head, stop_head
 
-    head = start_head(num_cpus=SHARED_HEAD_CPUS, num_gpus=0, ports=free_port_block())
+    head = start_head(num_cpus=SHARED_HEAD_CPUS, num_gpus=0, ports=free_port_block(worker_port_bases()))
     yield head
     stop_head(head)
 

@@ -40,6 +40,16 @@ def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
     return config_from_dict(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
 
 
+def worker_port_bases() -> tuple[int, ...]:
+    """This pytest-xdist worker's share of the Ray port-block bases (all of them without xdist): heads that parallel
+    workers start at the same moment never pick the same block before either has bound it."""
+    from orchestration.local_cluster import PORT_BLOCK_BASES
+
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return PORT_BLOCK_BASES[index::count]
+
+
 def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
     """(address, port) of every TCP socket these processes listen on, from /proc/net/tcp{,6} and their fds."""
     listening: dict[str, tuple[IPv4Address | IPv6Address, int]] = {}  # socket inode -> where it listens

@@ -16,7 +16,7 @@ import pytest
 
 from orchestration.local_cluster import BIN, Head, HeadPorts, port_free, stop_head
 
-from .helpers import listeners
+from .helpers import listeners, worker_port_bases
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +114,7 @@ import json, sys
 from dataclasses import asdict
 from orchestration.local_cluster import free_port_block, start_head, stop_head
 
-head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block())
+head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block(BASES))
 print(json.dumps({"ports": asdict(head.ports), "temp_dir": str(head.temp_dir), "session_id": head.session_id}),
       flush=True)
 sys.stdin.readline()
@@ -130,7 +130,8 @@ def test_stopping_a_second_head_leaves_the_shared_head_running(ray_head, ray_env
     shared_daemons = [pid for pid in shared_before if str(ray_head.temp_dir) in cmdline(pid)]
     assert len(shared_daemons) >= 4
     # A second head, started and stopped by another process just as `make demo` does it.
-    helper = subprocess.Popen([sys.executable, "-c", PRIVATE_HEAD], cwd=REPO, stdin=subprocess.PIPE,
+    script = PRIVATE_HEAD.replace("BASES", repr(worker_port_bases()))
+    helper = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     private = None
     try:
