@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
@@ -346,22 +346,28 @@ def stop_head(head: Head | None = None, timeout_s: float = 30.0) -> None:
             _started.remove(one)
 
 
+def kill_all(processes: Callable[[], list[int]], what: str, timeout_s: float = 30.0) -> None:
+    """SIGKILL every pid of `processes()` until it lists none; asked again and again, since a process can spawn a
+    child while the others are killed. RuntimeError naming `what` when some survive timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while pids := processes():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: processes {pids} survived SIGKILL for {timeout_s:g} s")
+
+
 def _stop(head: Head, timeout_s: float = 30.0) -> None:
     if head.stopped:
         return
     if not PROC.is_dir():  # no /proc to tell one head's processes from another's: the old, blunt way
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=cluster_env(), capture_output=True, text=True)
     else:
-        deadline = time.monotonic() + timeout_s
-        while pids := head.processes():  # repeated: a process can spawn a child while the others are killed
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Ray head {head.address}: processes {pids} survived SIGKILL for {timeout_s:g} s")
+        kill_all(head.processes, f"Ray head {head.address}", timeout_s)
     head.stopped = True
     if head.own_temp_dir:
         shutil.rmtree(head.temp_dir, ignore_errors=True)

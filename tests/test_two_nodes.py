@@ -27,6 +27,7 @@ from orchestration.local_cluster import (
     free_port,
     free_port_block,
     head_processes,
+    kill_all,
     start_head,
     stop_head,
 )
@@ -67,15 +68,7 @@ class Node:
     def kill(self) -> None:
         """The raylet first (the node is lost), then whatever of the node is left."""
         os.kill(self.raylet(), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while pids := self.pids():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            assert time.monotonic() < deadline, f"node processes {pids} survive"
-            time.sleep(0.2)
+        kill_all(self.pids, "the second node")
 
 
 def alive_cpus(head: Head) -> float:
