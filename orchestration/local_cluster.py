@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
@@ -346,6 +347,13 @@ def stop_head(head: Head | None = None, timeout_s: float = 30.0) -> None:
             _started.remove(one)
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`kill`, `ray job stop`, a scheduler's preemption) ends this process as Ctrl-C does: as a
+    KeyboardInterrupt, so its cleanup runs (a head stopped, an MLflow run marked KILLED). Main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def kill_all(processes: Callable[[], list[int]], what: str, timeout_s: float = 30.0) -> None:
     """SIGKILL every pid of `processes()` until it lists none; asked again and again, since a process can spawn a
     child while the others are killed. RuntimeError naming `what` when some survive timeout_s."""
@@ -447,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     head = start_head(args.num_cpus, args.port, args.dashboard_port, num_gpus=args.num_gpus)
     print(f"Ray head: RAY_ADDRESS={head.address}, job server {head.dashboard_url}; token in {token_path()} "
           "(`ray job submit` needs RAY_AUTH_MODE=token). Ctrl-C stops it.", flush=True)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as cleanly as Ctrl-C
+    interrupt_on_sigterm()
     try:
         while head.running():
             time.sleep(2.0)

@@ -16,9 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from mupvit.data import DataError, build_splits
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
+from orchestration.local_cluster import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
 
@@ -95,21 +94,14 @@ def check_data_on_worker(cfg: Config) -> int:
         raise DataError(f"on a worker node: {cause}") from None
 
 
-def interrupt_on_sigterm() -> None:
-    """SIGTERM (`kill`, `ray job stop`, a scheduler's preemption) ends the driver as Ctrl-C does: the MLflow run is
-    marked KILLED and the job's workers go with the driver. Set after ray.init, whose own handler exits at once
-    (SystemExit mid-fit, the run left FAILED and a crash dump of Ray's threads)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
 def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
     """Everything after the config parsed: checks, MLflow run, Ray Train fit. Returns the summary."""
     cfg = prepare(cfg, base_dir)
     uri = tracking_uri(cfg, base_dir)
     check_reachable(uri)
     log(f"connecting: {connect(cfg)}")
-    interrupt_on_sigterm()
+    interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
+    # FAILED, and a crash dump of Ray's threads)
     check_capacity(cfg)
     check_store_shared(uri, node_count())
     num_train = check_data_on_worker(cfg)
