@@ -73,7 +73,7 @@ def fixed_batches(cfg: Config, steps: int) -> list[tuple[torch.Tensor, torch.Ten
     """The first `steps` batches of the config's training stream: the same data for every width."""
     splits = build_splits(cfg)
     loader = train_loader(cfg, splits[cfg.data.train_split], 0, steps)
-    return [(images, labels) for images, labels, _ in loader]
+    return [(images, labels) for images, labels, *_ in loader]
 
 
 def measure(cfg: Config, batches: list, seed: int) -> Iterator[tuple[int, dict[str, float]]]:

@@ -332,7 +332,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
-            images, labels, passed_over = next(batches)
+            images, labels, passed_over, _ = next(batches)  # the plan: empty in loader mode
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
             # (one process only: with several ranks the others would wait in the checkpoint's collective)
             unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
