@@ -10,6 +10,8 @@ grouping never waits for the device: only the group index tensors travel.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from mupvit.data.plan import unpack_plans
@@ -25,8 +27,29 @@ def _groups(keys: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
     return groups
 
 
-def _on(device: torch.device, members: list[int]) -> torch.Tensor:
-    return torch.tensor(members).to(device, non_blocking=True)
+# Images per op call on the CPU: the float temporaries of a few 224 px images stay in cache, a whole group's do not
+# (measured in docs/PERFORMANCE.md). An accelerator takes each group in one call.
+CPU_CHUNK = 4
+
+
+def _chunks(out: torch.Tensor, members: list[int]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(part, its index on the device, out[part]) for the members, CPU_CHUNK images at a time on the CPU."""
+    b, _, h, w = out.shape
+    step = CPU_CHUNK if out.device.type == "cpu" else len(members)
+    for start in range(0, len(members), step):
+        part = members[start:start + step]
+        index = torch.tensor(part).to(out.device, non_blocking=True)
+        # index_select on (B, 3*H*W) rows is a memcpy per image; on (B, 3, H, W) it is ~6x slower
+        yield part, index, out.view(b, -1).index_select(0, index).view(len(part), 3, h, w)
+
+
+def _put(out: torch.Tensor, part: list[int], index: torch.Tensor, result: torch.Tensor) -> None:
+    """out[part] = result. On the CPU a copy per image: index_copy_ there is ~20x slower."""
+    if out.device.type == "cpu":
+        for image, m in zip(result, part, strict=True):
+            out[m].copy_(image)
+    else:
+        out.index_copy_(0, index, result)
 
 
 def apply_plans(images: torch.Tensor, plans: torch.Tensor, randaugment: RandAugment | None) -> torch.Tensor:
@@ -40,16 +63,15 @@ def apply_plans(images: torch.Tensor, plans: torch.Tensor, randaugment: RandAugm
     if len(p.flip) != len(images):
         raise ValueError(f"augmentation plans: {len(p.flip)} plans for a batch of {len(images)} images")
     out = images.clone(memory_format=torch.contiguous_format)
-    if flipped := p.flip.nonzero().flatten().tolist():
-        index = _on(images.device, flipped)
-        out.index_copy_(0, index, out.index_select(0, index).flip(-1))  # TF.horizontal_flip
+    for part, index, group in _chunks(out, p.flip.nonzero().flatten().tolist()):
+        _put(out, part, index, group.flip(-1))  # TF.horizontal_flip
     for layer in range(num_layers):
+        cy, cx = p.cy[:, layer].tolist(), p.cx[:, layer].tolist()
         keys = list(zip(p.op[:, layer].tolist(), p.negate[:, layer].tolist(), strict=True))
         for (op, negate), members in _groups(keys).items():
-            index = _on(images.device, members)
-            centres = list(zip(p.cy[members, layer].tolist(), p.cx[members, layer].tolist(), strict=True))
-            group = randaugment.apply_drawn_op(OPS[op], out.index_select(0, index), bool(negate), centres)
-            out.index_copy_(0, index, group)
+            for part, index, group in _chunks(out, members):
+                centres = [(cy[m], cx[m]) for m in part]
+                _put(out, part, index, randaugment.apply_drawn_op(OPS[op], group, bool(negate), centres))
     return out
 
 

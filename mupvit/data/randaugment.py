@@ -51,14 +51,15 @@ def _check(image: torch.Tensor) -> None:
 
 def _blend(image1: torch.Tensor, image2: torch.Tensor, factor: float) -> torch.Tensor:
     """big_vision `blend`: image1 + factor * (image2 - image1) in float32, clipped to [0, 255] and truncated
-    (tf.cast float->uint8 truncates, it does not round). image1 may be a constant per image, shape (..., 1, 1, 1):
-    broadcasting it is faster than converting a full constant image to float."""
+    (tf.cast float->uint8 truncates, it does not round). image1 may broadcast to image2 (a constant (..., 1, 1, 1),
+    a grey (..., 1, H, W)): faster than converting the full image1 to float."""
     if factor == 0.0:
         return image1.expand_as(image2).clone()
     if factor == 1.0:
         return image2.clone()
     a = image1.float()
-    temp = a + (image2.float() - a) * factor
+    # In place on one float temporary, the same roundings as a + (image2 - a) * factor.
+    temp = image2.float().sub_(a).mul_(factor).add_(a)
     return temp.clamp_(0.0, 255.0).to(torch.uint8)
 
 
@@ -71,10 +72,9 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
     """tf.image.rgb_to_grayscale on uint8: to float by * (1/255), weighted sum, back to uint8 by * 255.5 and
     truncation. Returns (..., 1, H, W) uint8. A grey pixel (v, v, v) maps back to v."""
-    flt = image.float() * (1.0 / 255.0)
-    r, g, b = flt.split(1, dim=-3)
-    gray = r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]
-    return (gray * 255.5).clamp_(0.0, 255.0).to(torch.uint8)
+    r, g, b = image.float().mul_(1.0 / 255.0).split(1, dim=-3)
+    gray = (r * _GRAY_WEIGHTS[0]).add_(g * _GRAY_WEIGHTS[1]).add_(b * _GRAY_WEIGHTS[2])  # (r + g) + b
+    return gray.mul_(255.5).clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def _nearest_index(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +131,7 @@ def autocontrast(image: torch.Tensor) -> torch.Tensor:
     hi = image.amax(dim=(-2, -1), keepdim=True).float()
     scale = 255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     offset = -lo * scale
-    scaled = (image.float() * scale + offset).clamp_(0.0, 255.0).to(torch.uint8)
+    scaled = image.float().mul_(scale).add_(offset).clamp_(0.0, 255.0).to(torch.uint8)
     return _select(hi > lo, scaled, image)
 
 
@@ -219,7 +219,7 @@ def solarize_add(image: torch.Tensor, addition: int, threshold: int = 128) -> to
 def color(image: torch.Tensor, factor: float) -> torch.Tensor:
     """PIL Color: blend from the (TF) grayscale image towards the image."""
     _check(image)
-    return _blend(_grayscale(image).expand_as(image), image, factor)
+    return _blend(_grayscale(image), image, factor)
 
 
 def contrast(image: torch.Tensor, factor: float, mode: ContrastMode = "big_vision") -> torch.Tensor:
@@ -247,7 +247,7 @@ def contrast(image: torch.Tensor, factor: float, mode: ContrastMode = "big_visio
 def brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
     """PIL Brightness: blend from black towards the image."""
     _check(image)
-    return _blend(torch.zeros_like(image), image, factor)
+    return _blend(torch.zeros((1, 1, 1), dtype=torch.uint8, device=image.device), image, factor)
 
 
 def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
@@ -264,10 +264,10 @@ def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
     smoothed = image.clone()
     if h >= 3 and w >= 3:
         v = image.float()  # sums reach 13 * 255 = 3315
-        rows = v[..., :-2] + v[..., 1:-1] + v[..., 2:]
-        # 3x3 box + 4 more on the centre
-        sums = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :] + 4 * v[..., 1:-1, 1:-1]
-        smoothed[..., 1:-1, 1:-1] = (sums / 13.0).to(torch.uint8)  # truncation is floor for these non-negatives
+        rows = (v[..., :-2] + v[..., 1:-1]).add_(v[..., 2:])
+        # 3x3 box + 4 more on the centre; integers below 2**24, so exact in any order
+        sums = (rows[..., :-2, :] + rows[..., 1:-1, :]).add_(rows[..., 2:, :]).add_(v[..., 1:-1, 1:-1] * 4)
+        smoothed[..., 1:-1, 1:-1] = sums.div_(13.0).to(torch.uint8)  # truncation is floor for these non-negatives
     return _blend(smoothed, image, factor)
 
 

@@ -19,7 +19,7 @@ def to_unit_range(image: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1] as big_vision's value_range(-1, 1): x / 127.5 - 1. The divisor is a
     tensor on the image's device because CUDA divides by a Python number as a multiply by its reciprocal, which
     is one ulp off for about half the grey levels; so every device gives the CPU's values."""
-    return image.float() / torch.full((), 127.5, device=image.device) - 1.0
+    return image.float().div_(torch.full((), 127.5, device=image.device)).sub_(1.0)  # in place: one float tensor
 
 
 def random_resized_crop_box(
@@ -82,12 +82,16 @@ class TrainTransform:
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return self.augment(self.crop(image, rng), rng)
 
-    def crop_and_plan(self, image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the uint8 crop, its plan): the draws `augment` would make, in its order, none of them applied."""
-        image = self.crop(image, rng)
+    def plan(self, rng: np.random.Generator) -> torch.Tensor:
+        """The draws `augment` would make from `rng`, in its order, none of them applied, as a plan."""
         flip = self.flip and _draw_flip(rng)
         layers = self.randaugment.draw(rng, self.size, self.size) if self.randaugment is not None else []
-        return image, pack_plan(flip, layers)
+        return pack_plan(flip, layers)
+
+    def crop_and_plan(self, image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the uint8 crop, its plan): the loader's share of data.augment_on: device."""
+        image = self.crop(image, rng)
+        return image, self.plan(rng)
 
 
 class EvalTransform:
