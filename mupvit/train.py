@@ -31,7 +31,7 @@ from mupvit.config import (
     total_steps,
     validate,
 )
-from mupvit.data import DataError, build_splits, eval_loader, train_loader
+from mupvit.data import DataError, build_splits, device_augment, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.device import resolve_device
@@ -324,6 +324,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                  for name in cfg.data.eval_splits}
     batches = iter(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank, state.world,
                                 pin_memory=pin))
+    augment = device_augment(cfg)  # data.augment_on device: flip, RandAugment and scale here, on the whole batch
     wall0, speed = time.perf_counter(), Throughput()
     skipping = cfg.data.on_bad_image == "skip"
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
@@ -332,7 +333,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
-            images, labels, passed_over, _ = next(batches)  # the plan: empty in loader mode
+            images, labels, passed_over, plans = next(batches)
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
             # (one process only: with several ranks the others would wait in the checkpoint's collective)
             unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
@@ -342,6 +343,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
                             f"{state.last_ckpt or 'none'})") from None
         images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
+        images = augment(images, plans)  # the plans stay on the host: grouping by op never waits for the device
         skipped += int(passed_over.sum())  # a host tensor from the loader: no device sync
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,

@@ -4,18 +4,28 @@ give the per-image (loader) path's results bit for bit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from mupvit.checkpoint import load_checkpoint
+from mupvit.config import ConfigError, config_from_dict, load_config
+from mupvit.data import build_splits, device_augment, train_loader
 from mupvit.data import randaugment as ra
 from mupvit.data.batched_augment import apply_plans, augment_batch
 from mupvit.data.datasets import load_split
 from mupvit.data.decode import decode_image
-from mupvit.data.plan import pack_plan
+from mupvit.data.plan import pack_plan, plan_length
 from mupvit.data.stream import StreamDataset, sample_rng
 from mupvit.data.transforms import TrainTransform, to_unit_range
+from mupvit.train import main, run
+
+from .helpers import QuietLogger, tiny_config
+
+DEMO = Path(__file__).resolve().parent.parent / "experiments" / "demo_digits.yaml"
 
 
 class Scripted:
@@ -95,6 +105,41 @@ def test_pipeline_at_224_on_random_images():
         assert torch.equal(augment_batch(torch.stack(crops), torch.stack(plans), aug), expected)
 
 
+def _digits(digits_root: Path, seed: int, *overrides: str):
+    base = [f"data.root={digits_root}", "train.batch_size=16", "data.num_workers=0", "data.flip=true",
+            f"train.seed={seed}", *overrides]
+    return load_config(DEMO, base), load_config(DEMO, [*base, "data.augment_on=device"])
+
+
+@pytest.mark.parametrize("overrides", [
+    ("data.randaug_layers=2", "data.randaug_magnitude=10"),
+    ("data.randaug_layers=2", "data.randaug_magnitude=10", "data.randaug_contrast=fixed"),
+    ("data.randaug_layers=0",),
+])
+def test_device_path_gives_the_loader_path_images(digits_root, overrides):
+    # 3 seeds x 64 stream positions each, the last seed's crossing from the first pass into the second.
+    split = None
+    for seed in (0, 1, 2):
+        loader_cfg, device_cfg = _digits(digits_root, seed, *overrides)
+        split = split or build_splits(loader_cfg)[loader_cfg.data.train_split]
+        start = 40 * seed
+        expected = list(train_loader(loader_cfg, split, start, start + 4))
+        got = list(train_loader(device_cfg, split, start, start + 4))
+        augment = device_augment(device_cfg)
+        for loaded, cropped in zip(expected, got, strict=True):
+            assert loaded.plan.shape == (16, 0)  # loader mode carries no plan
+            assert cropped.image.dtype == torch.uint8
+            assert cropped.plan.shape == (16, plan_length(device_cfg.data.randaug_layers))
+            assert torch.equal(augment(cropped.image, cropped.plan), loaded.image)
+            assert torch.equal(cropped.label, loaded.label)
+
+
+def test_loader_mode_passes_batches_through(digits_root):
+    loader_cfg, _ = _digits(digits_root, 0)
+    images = torch.rand(2, 3, 4, 4)
+    assert device_augment(loader_cfg)(images, torch.empty(2, 0, dtype=torch.int32)) is images
+
+
 def test_skip_bad_keeps_the_positions_plan(tmp_path):
     # A bad file's position is filled by the next good one under the position's own draws, plan included.
     folder = tmp_path / "train" / "a"
@@ -112,6 +157,39 @@ def test_skip_bad_keeps_the_positions_plan(tmp_path):
         assert torch.equal(sample.image, image) and torch.equal(sample.plan, plan)
         skipped.append(sample.skipped)
     assert sorted(set(skipped)) == [0, 1]
+
+
+def _final_model(summary: dict) -> dict[str, torch.Tensor]:
+    return load_checkpoint(summary["checkpoint"])["model"]
+
+
+def _assert_same_models(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
+DEVICE_RUN = {"data.flip": True, "data.augment_on": "device"}  # tiny_config keeps RandAugment(2, 10)
+
+
+@pytest.fixture(scope="module")
+def device_run(digits_root, tmp_path_factory) -> dict:
+    return run(tiny_config(digits_root, tmp_path_factory.mktemp("device"), **DEVICE_RUN), QuietLogger())
+
+
+def test_training_is_identical_in_both_modes(digits_root, tmp_path, device_run):
+    loader = run(tiny_config(digits_root, tmp_path, **{**DEVICE_RUN, "data.augment_on": "loader"}), QuietLogger())
+    assert loader["steps"] == device_run["steps"] == 8
+    _assert_same_models(_final_model(loader), _final_model(device_run))
+    assert loader["val"] == device_run["val"]
+
+
+def test_device_mode_resumes_exactly(digits_root, tmp_path, device_run):
+    cfg = tiny_config(digits_root, tmp_path, **DEVICE_RUN)
+    assert run(cfg, QuietLogger(), stop_at_step=4)["steps"] == 4
+    resumed = run(cfg, QuietLogger())
+    assert resumed["finished"] and resumed["steps"] == 8
+    _assert_same_models(_final_model(resumed), _final_model(device_run))
 
 
 def _batch(n: int = 2, size: int = 16) -> torch.Tensor:
@@ -159,3 +237,10 @@ def test_divisions_are_alike_on_every_device():
     levels = torch.arange(256, dtype=torch.uint8)
     assert torch.equal(to_unit_range(levels), levels.float() / 127.5 - 1.0)
     assert not torch.equal(levels.float() / 127.5, levels.float() * torch.tensor(1 / 127.5, dtype=torch.float32))
+
+
+def test_augment_on_is_validated(capsys):
+    with pytest.raises(ConfigError, match=r"data\.augment_on: got 'gpu', expected one of 'loader', 'device'"):
+        config_from_dict({"data": {"augment_on": "gpu"}})
+    assert main([str(DEMO), "--set", "data.augment_on=gpu"]) == 2
+    assert "one of 'loader', 'device'" in capsys.readouterr().err
