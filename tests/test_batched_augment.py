@@ -223,6 +223,15 @@ def test_bad_batches_are_refused():
             apply_plans(images, plans, ra.RandAugment(2, 10))
 
 
+def test_per_image_draws_refuse_a_batch():
+    # One Generator draws for one image; a batch's draws come as plans.
+    for call in (lambda b: ra.RandAugment(2, 10)(b, np.random.default_rng(0)),
+                 lambda b: ra.apply_op("Rotate", b, 10, np.random.default_rng(0)),
+                 lambda b: ra.cutout(b, 40, np.random.default_rng(0))):
+        with pytest.raises(ValueError, match=r"expected one uint8 \(3, H, W\) image, got a batch \(2, 3, 16, 16\)"):
+            call(_batch())
+
+
 def test_histograms_agree():
     # Equalize counts with bincount on the CPU and with scatter_add elsewhere: the same counts.
     rows = _images(4, 20, 30, seed=1).reshape(12, -1)

@@ -45,6 +45,13 @@ def _check(image: torch.Tensor) -> None:
         raise ValueError(f"expected a uint8 (3, H, W) or (B, 3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
 
 
+def _check_one(image: torch.Tensor) -> None:
+    """Where draws are made for one image; a batch's draws come as plans (mupvit/data/batched_augment.py)."""
+    _check(image)
+    if image.ndim != 3:
+        raise ValueError(f"expected one uint8 (3, H, W) image, got a batch {tuple(image.shape)}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Shared helpers
 
@@ -321,6 +328,7 @@ def cutout_at(image: torch.Tensor, pad_size: int, centres: Sequence[tuple[int, i
 
 def cutout(image: torch.Tensor, pad_size: int, rng: np.random.Generator) -> torch.Tensor:
     """Cutout of one image at a centre drawn from `rng` (see `cutout_at`)."""
+    _check_one(image)
     return cutout_at(image, pad_size, [_draw_cutout_centre(rng, *image.shape[-2:])])
 
 
@@ -398,6 +406,7 @@ def apply_op(name: str, image: torch.Tensor, magnitude: float, rng: np.random.Ge
              contrast_mode: ContrastMode = "big_vision", translate_const: float = 100,
              cutout_const: int = 40) -> torch.Tensor:
     """Apply the named op at `magnitude` to one image, drawing sign flips and Cutout's centre from `rng`."""
+    _check_one(image)
     negate, centre = draw_op(name, rng, *image.shape[-2:])
     return apply_drawn_op(name, image, magnitude, negate, [centre], contrast_mode, translate_const, cutout_const)
 
@@ -428,7 +437,7 @@ class RandAugment:
                               self.translate_const, self.cutout_const)
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        _check(image)
+        _check_one(image)
         for _ in range(self.num_layers):
             image = self.apply_op(self.choose_op(rng), image, rng)
         return image
