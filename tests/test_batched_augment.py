@@ -13,6 +13,7 @@ from PIL import Image
 
 from mupvit.checkpoint import load_checkpoint
 from mupvit.config import ConfigError, config_from_dict, load_config
+from mupvit.coord_check import fixed_batches
 from mupvit.data import build_splits, device_augment, train_loader
 from mupvit.data import randaugment as ra
 from mupvit.data.batched_augment import apply_plans, augment_batch
@@ -132,6 +133,12 @@ def test_device_path_gives_the_loader_path_images(digits_root, overrides):
             assert cropped.plan.shape == (16, plan_length(device_cfg.data.randaug_layers))
             assert torch.equal(augment(cropped.image, cropped.plan), loaded.image)
             assert torch.equal(cropped.label, loaded.label)
+
+
+def test_coordinate_check_batches_alike_in_both_modes(digits_root):
+    loader_cfg, device_cfg = _digits(digits_root, 0, "data.randaug_layers=2")
+    for (a, labels_a), (b, labels_b) in zip(fixed_batches(loader_cfg, 2), fixed_batches(device_cfg, 2), strict=True):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b) and torch.equal(labels_a, labels_b)
 
 
 def test_loader_mode_passes_batches_through(digits_root):
