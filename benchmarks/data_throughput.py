@@ -7,17 +7,26 @@
   mupvit           tf_fast decode + TF Inception crop + flip + big_vision RandAugment(2, 10) + scale (our train
                    pipeline, default settings)
   mupvit_pillow    the same pipeline with Pillow's decode
+  loader_side      what a worker does with data.augment_on: device: tf_fast decode + TF Inception crop to uint8 +
+                   drawing the plan (flip and RandAugment left to the device)
   torchvision      Pillow decode + stock v2 RandomResizedCrop(224, scale=(0.05, 1)) + flip + RandAugment(2, 10)
 
 Each runs in this one process with one torch thread (per-core figures), in alternating rounds; the reported
-figure is the median round. `--workers N` also times our pipeline through the real DataLoader with N workers.
+figure is the median round. `--workers N` also times our pipeline through the real DataLoader with N workers, and
+both data.augment_on modes end to end at `--batch`: finished batches in this process, which with augment_on device
+augments the batch itself (on the CPU), with one torch thread and with torch's default count (the trainer's).
 
-    python benchmarks/data_throughput.py [--images 64] [--rounds 5] [--workers 2]
+Then the other half of data.augment_on: device, on this CPU: flip + RandAugment(2, 10) + scale of `--batch` uint8
+crops of these JPEGs, as one batched call (mupvit/data/batched_augment.py) and image by image (the loader path's
+ops), alternating rounds; the outputs are checked equal.
+
+    python benchmarks/data_throughput.py [--images 64] [--rounds 5] [--workers 2] [--batch 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import tempfile
@@ -31,7 +40,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from mupvit.config import config_from_dict
-from mupvit.data import train_loader
+from mupvit.data import device_augment, train_loader
+from mupvit.data.batched_augment import augment_batch
 from mupvit.data.datasets import Split
 from mupvit.data.decode import decode_image, decode_with_pillow
 from mupvit.data.randaugment import RandAugment
@@ -58,8 +68,12 @@ def pillow(path: str) -> torch.Tensor:
     return torch.from_numpy(decode_with_pillow(path).copy()).permute(2, 0, 1)
 
 
+def train_transform() -> TrainTransform:
+    return TrainTransform(224, (0.05, 1.0), (0.75, 1.33), crop="tf", randaugment=RandAugment(2, 10))
+
+
 def pipelines() -> dict:
-    ours = TrainTransform(224, (0.05, 1.0), (0.75, 1.33), crop="tf", randaugment=RandAugment(2, 10))
+    ours = train_transform()
     stock = T.Compose([T.RandomResizedCrop(224, scale=(0.05, 1.0), antialias=True), T.RandomHorizontalFlip(),
                        T.RandAugment(num_ops=2, magnitude=10)])
     return {
@@ -70,6 +84,7 @@ def pipelines() -> dict:
                                                                              antialias=False))),
         "mupvit": lambda path, i: ours(decode_image(path), sample_rng(0, i)),
         "mupvit_pillow": lambda path, i: ours(pillow(path), sample_rng(0, i)),
+        "loader_side": lambda path, i: ours.crop_and_plan(decode_image(path), sample_rng(0, i)),
         "torchvision": lambda path, i: to_unit_range(stock(pillow(path))),
     }
 
@@ -81,17 +96,55 @@ def per_core_rate(fn, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8) -> float:
-    cfg = config_from_dict({"data": {"dataset": "imagefolder", "root": "/unused", "num_workers": workers},
+def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8, augment_on: str = "loader") -> float:
+    """Finished [-1, 1] batches per second in this process, as the trainer gets them: with augment_on device the
+    workers crop and this process augments the batch (on the CPU here)."""
+    cfg = config_from_dict({"data": {"dataset": "imagefolder", "root": "/unused", "num_workers": workers,
+                                     "augment_on": augment_on},
                             "train": {"total_steps": steps, "epochs": None, "batch_size": batch},
                             "optim": {"warmup_steps": 1}})
     split = Split("train", ["0"], [(p, 0) for p in paths])
     loader = iter(train_loader(cfg, split, 0, steps + 1))
+    augment = device_augment(cfg)
     next(loader)  # start the workers
     start = time.perf_counter()
     for _ in range(steps):
-        next(loader)
+        images, _, _, plans = next(loader)
+        augment(images, plans)
     return batch * steps / (time.perf_counter() - start)
+
+
+def device_half_rates(paths: list[str], batch: int, rounds: int) -> dict[str, float]:
+    """Images/s per core of flip + RandAugment + scale: one batched call vs image by image, on the same crops and
+    draws (each sample's Generator as its crop left it)."""
+    ours = train_transform()
+    crops, rngs, plans = [], [], []
+    for i in range(batch):
+        rng = sample_rng(0, i)
+        crops.append(ours.crop(decode_image(paths[i % len(paths)]), rng))
+        rngs.append(copy.deepcopy(rng))  # where the crop left it: the per-image ops draw from here
+        plans.append(ours.plan(rng))
+    images, plans = torch.stack(crops), torch.stack(plans)
+
+    def per_image(fresh: list[np.random.Generator]) -> torch.Tensor:
+        return torch.stack([ours.augment(crop, rng) for crop, rng in zip(crops, fresh, strict=True)])
+
+    def batched(_: list[np.random.Generator]) -> torch.Tensor:
+        return augment_batch(images, plans, ours.randaugment)
+
+    if not torch.equal(per_image(copy.deepcopy(rngs)), batched(rngs)):
+        raise AssertionError("the batched device half differs from the per-image ops")
+    rates: dict[str, list[float]] = {"per_image": [], "batched": []}
+    for r in range(rounds):
+        for name, fn in (("per_image", per_image), ("batched", batched))[::1 if r % 2 == 0 else -1]:
+            fresh = copy.deepcopy(rngs)
+            start = time.perf_counter()
+            fn(fresh)
+            rates[name].append(batch / (time.perf_counter() - start))
+    per_image_rate, batched_rate = statistics.median(rates["per_image"]), statistics.median(rates["batched"])
+    return {f"device_half_per_image_images_per_s_per_core_batch_{batch}": per_image_rate,
+            f"device_half_batched_images_per_s_per_core_batch_{batch}": batched_rate,
+            "device_half_batched_over_per_image": batched_rate / per_image_rate}
 
 
 def main() -> None:
@@ -99,10 +152,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0, help="also time our pipeline in a DataLoader")
-    parser.add_argument("--tiny", action="store_true", help="2 images, 1 round (the test suite's smoke run)")
+    parser.add_argument("--batch", type=int, default=256, help="batch of the device-half comparison")
+    parser.add_argument("--tiny", action="store_true", help="2 images, 1 round, batch 4 (the test suite's smoke run)")
     args = parser.parse_args()
     if args.tiny:
-        args.images, args.rounds = 2, 1
+        args.images, args.rounds, args.batch = 2, 1, 4
+    trainer_threads = torch.get_num_threads()  # what the training process would use
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), args.images)
@@ -119,8 +174,24 @@ def main() -> None:
         result["mupvit_over_mupvit_pillow"] = rate["mupvit"] / rate["mupvit_pillow"]
         result["floor_over_mupvit"] = rate["floor"] / rate["mupvit"]
         result["mupvit_over_torchvision"] = rate["mupvit"] / rate["torchvision"]
+        result["floor_over_loader_side"] = rate["floor"] / rate["loader_side"]
+        result["loader_side_over_mupvit"] = rate["loader_side"] / rate["mupvit"]
         if args.workers:
             result[f"mupvit_loader_images_per_s_{args.workers}_workers"] = loader_rate(paths * 4, args.workers)
+            # Both modes end to end at --batch, alternating rounds, this process with one thread and with the
+            # trainer's thread count (the device half runs in the training process).
+            ends: dict[tuple[str, int], list[float]] = {}
+            for r in range(args.rounds):
+                for threads in sorted({1, trainer_threads}):
+                    torch.set_num_threads(threads)
+                    for mode in ("loader", "device")[::1 if r % 2 == 0 else -1]:
+                        rate = loader_rate(paths * 4, args.workers, args.batch, 4, mode)
+                        ends.setdefault((mode, threads), []).append(rate)
+            torch.set_num_threads(1)
+            for (mode, threads), values in ends.items():
+                where = f"{args.workers}_workers_batch_{args.batch}_{threads}_threads"
+                result[f"augment_on_{mode}_images_per_s_{where}"] = statistics.median(values)
+        result.update(device_half_rates(paths, args.batch, args.rounds))
     print(json.dumps(result, indent=2))
 
 

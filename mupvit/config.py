@@ -61,6 +61,12 @@ class DataConfig:
     randaug_magnitude: int = 10
     # big_vision's Contrast blends towards image_area/256 (a bug); `fixed` uses the true mean grey level.
     randaug_contrast: Literal["big_vision", "fixed"] = "big_vision"
+    # Where the flip, RandAugment and [-1, 1] scale run: `loader` = per image in the loader workers; `device` = the
+    # workers only decode, crop and draw the same random numbers, and the trainer applies them to the whole uint8
+    # batch on its device (mupvit/data/batched_augment.py): the same images bit for bit, 4x less to copy. `loader` by
+    # default: on a CPU trainer the device half runs in the training process instead of beside it in the workers,
+    # which measured slower at batch 256 (docs/PERFORMANCE.md); `device` is for a GPU whose workers fall behind.
+    augment_on: Literal["loader", "device"] = "loader"
     mixup_alpha: float = 0.2  # 0 turns MixUp off
     # Stratified held-out split of `minival_from`, usable as the split names `minival` and `train_minus_minival`.
     minival_from: str = "train"

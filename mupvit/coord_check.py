@@ -23,7 +23,7 @@ import torch
 
 from mupvit.config import Config, ConfigError, add_set_argument, load_config, validate
 from mupvit.coord_results import plot, slope_table, write_csv
-from mupvit.data import DataError, build_splits, train_loader
+from mupvit.data import DataError, build_splits, device_augment, train_loader
 from mupvit.data.mixup import mixup_coefficient
 from mupvit.models.parametrization import with_width
 from mupvit.models.registry import build_model
@@ -73,7 +73,8 @@ def fixed_batches(cfg: Config, steps: int) -> list[tuple[torch.Tensor, torch.Ten
     """The first `steps` batches of the config's training stream: the same data for every width."""
     splits = build_splits(cfg)
     loader = train_loader(cfg, splits[cfg.data.train_split], 0, steps)
-    return [(images, labels) for images, labels, _ in loader]
+    augment = device_augment(cfg)
+    return [(augment(images, plans), labels) for images, labels, _, plans in loader]
 
 
 def measure(cfg: Config, batches: list, seed: int) -> Iterator[tuple[int, dict[str, float]]]:

@@ -32,7 +32,7 @@ from mupvit.config import (
     total_steps,
     validate,
 )
-from mupvit.data import DataError, build_splits, eval_loader, train_loader
+from mupvit.data import DataError, build_splits, device_augment, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.data.prefetch import DevicePrefetcher
@@ -312,7 +312,7 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
 
 def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
     """Moves a train batch's images and labels to `device` (asynchronous copies from pinned memory); the counts of
-    skipped files stay on the host, where adding them up needs no device sync."""
+    skipped files and the augmentation plans stay on the host, where reading them needs no device sync."""
     def move(batch: TrainSample) -> TrainSample:
         return batch._replace(image=batch.image.to(device, non_blocking=True),
                               label=batch.label.to(device, non_blocking=True))
@@ -337,6 +337,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                  for name in cfg.data.eval_splits}
     batches = DevicePrefetcher(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank,
                                             state.world, pin_memory=pin), state.device, batch_mover(state.device))
+    augment = device_augment(cfg)  # data.augment_on device: flip, RandAugment and scale here, on the whole batch
     wall0, speed = time.perf_counter(), Throughput()
     skipping = cfg.data.on_bad_image == "skip"
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
@@ -345,7 +346,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
-            images, labels, passed_over = next(batches)
+            images, labels, passed_over, plans = next(batches)
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
             # (one process only: with several ranks the others would wait in the checkpoint's collective)
             unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
@@ -354,6 +355,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                 save(state, step, logger)
             raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
                             f"{state.last_ckpt or 'none'})") from None
+        images = augment(images, plans)  # the plans stay on the host: grouping by op never waits for the device
         skipped += int(passed_over.sum())
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,

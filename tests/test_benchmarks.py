@@ -36,7 +36,8 @@ def test_train_throughput_takes_the_identical_step_in_both_models(tmp_path):
 def test_data_throughput(tmp_path):
     result = json.loads(tiny("data_throughput.py", cwd=tmp_path))
     assert {"floor_images_per_s_per_core", "mupvit_images_per_s_per_core", "floor_over_mupvit",
-            "decode_tf_fast_images_per_s_per_core", "tf_fast_over_pillow_decode"} <= set(result)
+            "decode_tf_fast_images_per_s_per_core", "tf_fast_over_pillow_decode", "floor_over_loader_side",
+            "device_half_batched_over_per_image"} <= set(result)
 
 
 def test_mup_transfer(tmp_path):

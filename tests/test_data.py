@@ -55,7 +55,7 @@ def _digits_config(digits_root: Path, *overrides: str) -> Config:
 
 
 def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(images.clone(), labels.clone()) for images, labels, _ in loader]
+    return [(images.clone(), labels.clone()) for images, labels, *_ in loader]
 
 
 def _assert_same_batches(a, b) -> None:
@@ -149,7 +149,7 @@ def test_skip_bad_fills_a_position_with_the_next_image_of_the_pass(corrupt_split
     transform = TrainTransform(16, (0.5, 1.0), (0.75, 1.33))
     dataset = StreamDataset(split, transform, seed=0, skip_bad=True)
     for position in range(6):  # three passes over the two files
-        image, label, skipped = dataset[position]
+        image, label, skipped, _ = dataset[position]
         good = split.samples[dataset.index_at(position)][0] != str(bad)
         assert skipped == (0 if good else 1)
         expected = transform(decode_image(next(p for p, _ in split.samples if p != str(bad))),
@@ -242,8 +242,8 @@ def test_step_consumes_its_stream_positions(digits_root, digits_split):
     dataset = train_loader(cfg, digits_split, 0, 1).dataset
     for step in (0, 2):
         items = [dataset[p] for p in range(step * batch, (step + 1) * batch)]
-        assert torch.equal(batches[step][0], torch.stack([image for image, _, _ in items]))
-        assert batches[step][1].tolist() == [label for _, label, _ in items]
+        assert torch.equal(batches[step][0], torch.stack([item.image for item in items]))
+        assert batches[step][1].tolist() == [item.label for item in items]
 
 
 def test_resume_mid_stream(digits_root, digits_split):

@@ -60,6 +60,7 @@ class SyncCounter:
 @pytest.mark.parametrize("overrides", [
     {},
     {"optim.mu_dtype": "bfloat16", "train.accum_steps": 2, "data.mixup_alpha": 0.2, "train.precision": "bf16"},
+    {"data.augment_on": "device", "data.flip": True},  # the loop hands the batch to the device augmentation unread
 ])
 def test_no_host_sync_between_log_steps(digits_root, tmp_path, monkeypatch, overrides):
     cfg = tiny_config(digits_root, tmp_path, **{"train.total_steps": STEPS, "train.log_every": 1000,

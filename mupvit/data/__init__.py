@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mupvit.config import Config
+from mupvit.config import Config, DataConfig
+from mupvit.data.batched_augment import augment_batch
 from mupvit.data.datasets import DataError, Split, load_splits
 from mupvit.data.decode import decode_image
 from mupvit.data.digits import build_digits
@@ -18,7 +19,7 @@ from mupvit.data.randaugment import RandAugment
 from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset
 from mupvit.data.transforms import EvalTransform, TrainTransform
 
-__all__ = ["DataError", "Split", "build_splits", "train_loader", "eval_loader"]
+__all__ = ["DataError", "Split", "build_splits", "train_loader", "device_augment", "eval_loader"]
 
 
 def build_splits(cfg: Config) -> dict[str, Split]:
@@ -66,16 +67,36 @@ def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
     }
 
 
+def _randaugment(d: DataConfig) -> RandAugment | None:
+    return RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
+
+
 def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank: int = 0, world: int = 1,
                  pin_memory: bool = False) -> DataLoader:
+    """Batches of TrainSample for steps [start_step, end_step); with data.augment_on device, uint8 crops and their
+    plans, for `device_augment` to finish."""
     d = cfg.data
-    randaugment = RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
-    transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias, randaugment)
+    transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias,
+                               _randaugment(d))
+    per_sample = transform if d.augment_on == "loader" else transform.crop_and_plan
     return DataLoader(
-        StreamDataset(split, transform, cfg.train.seed, decoder(cfg), skip_bad=d.on_bad_image == "skip"),
+        StreamDataset(split, per_sample, cfg.train.seed, decoder(cfg), skip_bad=d.on_bad_image == "skip"),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
         **_loader_kwargs(cfg, pin_memory),
     )
+
+
+def _as_loaded(images: torch.Tensor, plans: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def device_augment(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """What the trainer does to a train batch (images, plans) once the images are on its device: with
+    data.augment_on device, the flip, RandAugment and [-1, 1] scale that the loader left undone
+    (mupvit/data/batched_augment.py); with loader, nothing."""
+    if cfg.data.augment_on == "loader":
+        return _as_loaded
+    return functools.partial(augment_batch, randaugment=_randaugment(cfg.data))
 
 
 def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:

@@ -1,7 +1,9 @@
 """RandAugment as big_vision does it (big_vision/pp/autoaugment.py, `distort_image_with_randaugment`), in torch.
 
-Every op takes and returns a uint8 tensor of shape (3, H, W). The numerics follow the TF reference, including
-its quirks, so that each op lands within +-1 grey level of big_vision's output:
+Every op takes and returns a uint8 tensor of shape (3, H, W), or a batch (B, 3, H, W) that it treats image by image
+with the same arguments: the per-image loader path and the batched device path (mupvit/data/batched_augment.py) run
+these very functions. The numerics follow the TF reference, including its quirks, so that each op lands within +-1
+grey level of big_vision's output:
 
 - 16 ops, no Identity; each layer picks one uniformly and always applies it (the per-op `prob` that big_vision
   draws is never used by RandAugment).
@@ -11,14 +13,15 @@ its quirks, so that each op lands within +-1 grey level of big_vision's output:
 - Solarize at magnitude 10 gets threshold 256, which wraps to 0 as uint8, so it inverts every pixel.
 - Colour-type factors (Color, Contrast, Brightness, Sharpness) are M/10 * 1.8 + 0.1 and never negated.
 
-Randomness comes only from the numpy Generator passed in, never from global RNG state.
+Randomness comes only from the numpy Generator passed in, never from global RNG state, and no draw depends on pixel
+values: `RandAugment.draw` makes an image's draws without applying anything.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -30,6 +33,7 @@ OPS: tuple[str, ...] = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast", "Brightness",
     "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd",
 )
+SIGNED_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})  # sign flipped at random
 MAX_LEVEL = 10.0
 FILL_VALUE = 128  # big_vision's replace=[128, 128, 128] for geometric ops and Cutout
 # tf.image.rgb_to_grayscale weights (they sum to 0.9999, not 1).
@@ -37,8 +41,15 @@ _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
 def _check(image: torch.Tensor) -> None:
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+    if image.dtype != torch.uint8 or image.ndim not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(f"expected a uint8 (3, H, W) or (B, 3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+
+
+def _check_one(image: torch.Tensor) -> None:
+    """Where draws are made for one image; a batch's draws come as plans (mupvit/data/batched_augment.py)."""
+    _check(image)
+    if image.ndim != 3:
+        raise ValueError(f"expected one uint8 (3, H, W) image, got a batch {tuple(image.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,13 +58,15 @@ def _check(image: torch.Tensor) -> None:
 
 def _blend(image1: torch.Tensor, image2: torch.Tensor, factor: float) -> torch.Tensor:
     """big_vision `blend`: image1 + factor * (image2 - image1) in float32, clipped to [0, 255] and truncated
-    (tf.cast float->uint8 truncates, it does not round)."""
+    (tf.cast float->uint8 truncates, it does not round). image1 may broadcast to image2 (a constant (..., 1, 1, 1),
+    a grey (..., 1, H, W)): faster than converting the full image1 to float."""
     if factor == 0.0:
-        return image1.clone()
+        return image1.expand_as(image2).clone()
     if factor == 1.0:
         return image2.clone()
     a = image1.float()
-    temp = a + (image2.float() - a) * factor
+    # In place on one float temporary, the same roundings as a + (image2 - a) * factor.
+    temp = image2.float().sub_(a).mul_(factor).add_(a)
     return temp.clamp_(0.0, 255.0).to(torch.uint8)
 
 
@@ -65,10 +78,10 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 def _grayscale(image: torch.Tensor) -> torch.Tensor:
     """tf.image.rgb_to_grayscale on uint8: to float by * (1/255), weighted sum, back to uint8 by * 255.5 and
-    truncation. Returns (H, W) uint8. A grey pixel (v, v, v) maps back to v."""
-    flt = image.float() * (1.0 / 255.0)
-    gray = flt[0] * _GRAY_WEIGHTS[0] + flt[1] * _GRAY_WEIGHTS[1] + flt[2] * _GRAY_WEIGHTS[2]
-    return (gray * 255.5).clamp_(0.0, 255.0).to(torch.uint8)
+    truncation. Returns (..., 1, H, W) uint8. A grey pixel (v, v, v) maps back to v."""
+    r, g, b = image.float().mul_(1.0 / 255.0).split(1, dim=-3)
+    gray = (r * _GRAY_WEIGHTS[0]).add_(g * _GRAY_WEIGHTS[1]).add_(b * _GRAY_WEIGHTS[2])  # (r + g) + b
+    return gray.mul_(255.5).clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def _nearest_index(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,10 +96,11 @@ def _nearest_index(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.
 
 @functools.lru_cache(maxsize=64)
 def _affine_source_index(h: int, w: int, a0: float, a1: float, a2: float, b0: float, b1: float, b2: float,
-                         ) -> torch.Tensor:
-    """Flat source index (into the image plus one fill pixel at h*w) of every output pixel of the transform.
-    Cached: at a fixed magnitude each geometric op uses only two transforms (the sign flip), so a loader worker
-    computes each once and afterwards an op is a single gather."""
+                         device: torch.device) -> torch.Tensor:
+    """Flat source index (into the image plus one fill pixel at h*w) of every output pixel of the transform, on
+    `device` (computed on the CPU, so alike for every device). Cached: at a fixed magnitude each geometric op uses
+    only two transforms (the sign flip), so a loader worker or the device computes each once and afterwards an op
+    is a single gather."""
     f32 = torch.float32
     xs = torch.arange(w, dtype=f32)[None, :]
     ys = torch.arange(h, dtype=f32)[:, None]
@@ -96,7 +110,8 @@ def _affine_source_index(h: int, w: int, a0: float, a1: float, a2: float, b0: fl
     rx, valid_x = _nearest_index(x_in, w)
     ry, valid_y = _nearest_index(y_in, h)
     # Out-of-image reads point at the fill pixel; float32 holds these integers exactly below 2**24 pixels.
-    return ((ry * w + rx - h * w) * (valid_x & valid_y) + h * w).long().reshape(1, h * w)
+    index = ((ry * w + rx - h * w) * (valid_x & valid_y) + h * w).long().reshape(1, h * w)
+    return index.to(device, non_blocking=True)
 
 
 def _affine_nearest(image: torch.Tensor, a0: float, a1: float, a2: float, b0: float, b1: float, b2: float,
@@ -105,11 +120,11 @@ def _affine_nearest(image: torch.Tensor, a0: float, a1: float, a2: float, b0: fl
     wrap/unwrap: output pixel (x=col, y=row) reads input (a0*x + a1*y + a2, b0*x + b1*y + b2) rounded half away
     from zero; reads outside the image give FILL_VALUE in all three channels. Coordinates are float32 like the
     TF kernel."""
-    _, h, w = image.shape
-    index = _affine_source_index(h, w, a0, a1, a2, b0, b1, b2).to(image.device)
-    fill = torch.full((3, 1), FILL_VALUE, dtype=torch.uint8, device=image.device)
-    source = torch.cat([image.reshape(3, h * w), fill], dim=1)
-    return source.gather(1, index.expand(3, -1)).reshape(3, h, w)
+    *lead, _, h, w = image.shape
+    index = _affine_source_index(h, w, a0, a1, a2, b0, b1, b2, image.device)
+    fill = torch.full((*lead, 3, 1), FILL_VALUE, dtype=torch.uint8, device=image.device)
+    source = torch.cat([image.reshape(*lead, 3, h * w), fill], dim=-1)
+    return source.gather(-1, index.expand(*lead, 3, -1)).reshape(image.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,20 +134,32 @@ def _affine_nearest(image: torch.Tensor, a0: float, a1: float, a2: float, b0: fl
 def autocontrast(image: torch.Tensor) -> torch.Tensor:
     """Per channel: stretch [min, max] to [0, 255] (float32, clip, truncate); constant channels are unchanged."""
     _check(image)
-    lo = image.amin(dim=(1, 2)).float()[:, None, None]
-    hi = image.amax(dim=(1, 2)).float()[:, None, None]
+    lo = image.amin(dim=(-2, -1), keepdim=True).float()
+    hi = image.amax(dim=(-2, -1), keepdim=True).float()
     scale = 255.0 / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     offset = -lo * scale
-    scaled = (image.float() * scale + offset).clamp_(0.0, 255.0).to(torch.uint8)
+    scaled = image.float().mul_(scale).add_(offset).clamp_(0.0, 255.0).to(torch.uint8)
     return _select(hi > lo, scaled, image)
+
+
+def _histograms_bincount(rows: torch.Tensor) -> torch.Tensor:
+    """(N, 256) grey-level counts of each row of a uint8 (N, P) tensor. A bincount per row straight on uint8 is
+    several times faster on the CPU than one offset int64 bincount or a scatter_add."""
+    return torch.stack([torch.bincount(row, minlength=256) for row in rows])
+
+
+def _histograms_scatter(rows: torch.Tensor) -> torch.Tensor:
+    """The same counts by one scatter_add: on an accelerator bincount reads its input's maximum back to the host
+    (a sync per row), scatter_add does not."""
+    ones = torch.ones((), dtype=torch.int64, device=rows.device).expand(rows.shape)
+    return torch.zeros(rows.shape[0], 256, dtype=torch.int64, device=rows.device).scatter_add_(1, rows.long(), ones)
 
 
 def equalize(image: torch.Tensor) -> torch.Tensor:
     """Per-channel histogram equalisation with PIL's lookup table, as big_vision computes it."""
     _check(image)
-    flat = image.reshape(3, -1)
-    # Per-channel bincount straight on uint8: several times faster than one offset int64 bincount.
-    hist = torch.stack([torch.bincount(channel, minlength=256) for channel in flat])
+    flat = image.reshape(-1, image.shape[-2] * image.shape[-1])  # one row per (image, channel)
+    hist = (_histograms_bincount if flat.device.type == "cpu" else _histograms_scatter)(flat)
     # Count of the highest occupied grey level, left out of the step as in PIL.
     last = 255 - torch.flip(hist > 0, dims=(1,)).long().argmax(dim=1)
     last_count = hist.gather(1, last[:, None])
@@ -142,7 +169,7 @@ def equalize(image: torch.Tensor) -> torch.Tensor:
     lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], dim=1).clamp_(0, 255)
     mapped = lut.to(torch.uint8).gather(1, flat.long()).reshape(image.shape)
     # step == 0 (fewer than 255 pixels below the top occupied level, e.g. a constant channel) keeps the channel.
-    return _select(step[:, :, None] == 0, image, mapped)
+    return _select(step.reshape(*image.shape[:-2], 1, 1) == 0, image, mapped)
 
 
 def invert(image: torch.Tensor) -> torch.Tensor:
@@ -157,7 +184,7 @@ def rotate(image: torch.Tensor, degrees: float) -> torch.Tensor:
     top); e.g. at +90 a pixel right of the centre moves above it. big_vision's docstring says "clockwise", but its
     code calls tfa.image.rotate, which is counter-clockwise; the sign is random anyway."""
     _check(image)
-    _, h, w = image.shape
+    h, w = image.shape[-2:]
     f32 = torch.float32
     # tfa computes the angle, its cos/sin and the offsets in float32.
     angle = torch.tensor(degrees * (math.pi / 180.0), dtype=f32)
@@ -199,7 +226,7 @@ def solarize_add(image: torch.Tensor, addition: int, threshold: int = 128) -> to
 def color(image: torch.Tensor, factor: float) -> torch.Tensor:
     """PIL Color: blend from the (TF) grayscale image towards the image."""
     _check(image)
-    return _blend(_grayscale(image).expand(3, -1, -1), image, factor)
+    return _blend(_grayscale(image), image, factor)
 
 
 def contrast(image: torch.Tensor, factor: float, mode: ContrastMode = "big_vision") -> torch.Tensor:
@@ -210,23 +237,24 @@ def contrast(image: torch.Tensor, factor: float, mode: ContrastMode = "big_visio
     mode "fixed": the true mean of the (TF) grayscale image, rounded half up as PIL's ImageEnhance.Contrast does.
     """
     _check(image)
-    _, h, w = image.shape
+    h, w = image.shape[-2:]
     if mode == "big_vision":
         level = min(float(np.float32(h * w) / np.float32(256.0)), 255.0)
-        grey = int(level)
+        degenerate = torch.full((1, 1, 1), int(level), dtype=torch.uint8, device=image.device)
     elif mode == "fixed":
-        grey = int(math.floor(_grayscale(image).double().mean().item() + 0.5))
-        grey = min(max(grey, 0), 255)
+        # Per image, on its device: the sum of integer grey levels is exact in float64, so the mean is alike
+        # whatever the reduction order. A mean in [0, 255] rounds into [0, 255].
+        mean = _grayscale(image).double().mean(dim=(-2, -1), keepdim=True)
+        degenerate = (mean + 0.5).floor_().to(torch.uint8)
     else:
         raise ValueError(f"contrast mode must be 'big_vision' or 'fixed', got {mode!r}")
-    degenerate = torch.full_like(image, grey)
     return _blend(degenerate, image, factor)
 
 
 def brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
     """PIL Brightness: blend from black towards the image."""
     _check(image)
-    return _blend(torch.zeros_like(image), image, factor)
+    return _blend(torch.zeros((1, 1, 1), dtype=torch.uint8, device=image.device), image, factor)
 
 
 def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
@@ -235,16 +263,18 @@ def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
 
     The smoothing is exact integer arithmetic (sum // 13) done in float32, which is faster than int16 here and
     still exact: sums stay below 2**24, and float32 division cannot carry a quotient across an integer (the gap is
-    at least 1/13). TF's float32 depthwise conv can land one grey level lower where the sum is an exact multiple
-    of 13, which is within the +-1 tolerance."""
+    at least 1/13). CUDA divides by a Python number as a multiply by its float32 reciprocal, which gives the same
+    floors for every sum up to 3315 (tests/test_batched_augment.py checks all of them). TF's float32 depthwise conv
+    can land one grey level lower where the sum is an exact multiple of 13, which is within the +-1 tolerance."""
     _check(image)
-    _, h, w = image.shape
+    h, w = image.shape[-2:]
     smoothed = image.clone()
     if h >= 3 and w >= 3:
         v = image.float()  # sums reach 13 * 255 = 3315
-        rows = v[:, :, :-2] + v[:, :, 1:-1] + v[:, :, 2:]
-        sums = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:] + 4 * v[:, 1:-1, 1:-1]  # 3x3 box + 4 more on the centre
-        smoothed[:, 1:-1, 1:-1] = (sums / 13.0).to(torch.uint8)  # truncation is floor for these non-negatives
+        rows = (v[..., :-2] + v[..., 1:-1]).add_(v[..., 2:])
+        # 3x3 box + 4 more on the centre; integers below 2**24, so exact in any order
+        sums = (rows[..., :-2, :] + rows[..., 1:-1, :]).add_(rows[..., 2:, :]).add_(v[..., 1:-1, 1:-1] * 4)
+        smoothed[..., 1:-1, 1:-1] = sums.div_(13.0).to(torch.uint8)  # truncation is floor for these non-negatives
     return _blend(smoothed, image, factor)
 
 
@@ -275,41 +305,63 @@ def translate_y(image: torch.Tensor, pixels: float) -> torch.Tensor:
     return _affine_nearest(image, 1.0, 0.0, 0.0, 0.0, 1.0, pixels)
 
 
-def cutout(image: torch.Tensor, pad_size: int, rng: np.random.Generator) -> torch.Tensor:
-    """Fill rows [cy - pad, cy + pad) x cols [cx - pad, cx + pad) (clipped to the image) with 128, where the
-    centre row cy ~ U{0..H-1} is drawn first, then the centre column cx ~ U{0..W-1}. The patch can hang over the
-    border, and pad_size 0 leaves the image unchanged."""
+def _draw_cutout_centre(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
+    """Cutout's centre: the row cy ~ U{0..H-1} is drawn first, then the column cx ~ U{0..W-1}."""
+    return int(rng.integers(0, h)), int(rng.integers(0, w))
+
+
+def cutout_at(image: torch.Tensor, pad_size: int, centres: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Fill rows [cy - pad, cy + pad) x cols [cx - pad, cx + pad) (clipped to the image) with 128, one (cy, cx) per
+    image. The patch can hang over the border, and pad_size 0 leaves the image unchanged. A slice fill per image:
+    a mask built from aranges costs ~10x more per image on the CPU."""
     _check(image)
-    _, h, w = image.shape
-    cy = int(rng.integers(0, h))
-    cx = int(rng.integers(0, w))
+    h, w = image.shape[-2:]
     out = image.clone()
-    out[:, max(0, cy - pad_size):min(h, cy + pad_size), max(0, cx - pad_size):min(w, cx + pad_size)] = FILL_VALUE
+    images = out.unsqueeze(0) if out.ndim == 3 else out  # a view: filling it fills `out`
+    if len(centres) != len(images):
+        raise ValueError(f"cutout: {len(centres)} centres for {len(images)} image(s)")
+    for i, (cy, cx) in enumerate(centres):
+        rows = slice(max(0, cy - pad_size), min(h, cy + pad_size))
+        images[i, :, rows, max(0, cx - pad_size):min(w, cx + pad_size)] = FILL_VALUE
     return out
+
+
+def cutout(image: torch.Tensor, pad_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Cutout of one image at a centre drawn from `rng` (see `cutout_at`)."""
+    _check_one(image)
+    return cutout_at(image, pad_size, [_draw_cutout_centre(rng, *image.shape[-2:])])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Magnitude -> arguments, and dispatch
 
 
-def _randomly_negate(value: float, rng: np.random.Generator) -> float:
+def _draw_negate(rng: np.random.Generator) -> bool:
     # big_vision keeps the sign when floor(u + 0.5) is 1, i.e. u >= 0.5.
-    return value if rng.random() >= 0.5 else -value
+    return rng.random() < 0.5
 
 
-def level_to_arg(name: str, magnitude: float, rng: np.random.Generator, translate_const: float = 100,
-                 cutout_const: int = 40) -> tuple:
-    """The op's positional arguments at `magnitude` (0..10), as big_vision's level_to_arg. Only Rotate, ShearX/Y
-    and TranslateX/Y consume an rng draw (the sign flip, probability 1/2)."""
+def draw_op(name: str, rng: np.random.Generator, h: int, w: int) -> tuple[bool, tuple[int, int]]:
+    """The draws op `name` makes once picked, in big_vision's order, for an h x w image: (negate, Cutout's centre).
+    Only the geometric SIGNED_OPS draw the sign flip and only Cutout its centre; (0, 0) for the others."""
+    negate = name in SIGNED_OPS and _draw_negate(rng)
+    return negate, _draw_cutout_centre(rng, h, w) if name == "Cutout" else (0, 0)
+
+
+def op_args(name: str, magnitude: float, negate: bool = False, translate_const: float = 100,
+            cutout_const: int = 40) -> tuple:
+    """The op's positional arguments at `magnitude` (0..10) as big_vision's level_to_arg, with the sign flip of
+    the geometric ops given (`negate`) instead of drawn."""
     m = float(magnitude) / MAX_LEVEL
+    sign = -1.0 if negate and name in SIGNED_OPS else 1.0
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
     if name == "Rotate":
-        return (_randomly_negate(m * 30.0, rng),)
+        return (sign * (m * 30.0),)
     if name in ("ShearX", "ShearY"):
-        return (_randomly_negate(m * 0.3, rng),)
+        return (sign * (m * 0.3),)
     if name in ("TranslateX", "TranslateY"):
-        return (_randomly_negate(m * float(translate_const), rng),)
+        return (sign * (m * float(translate_const)),)
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return (m * 1.8 + 0.1,)  # never negated
     if name == "Posterize":
@@ -323,6 +375,13 @@ def level_to_arg(name: str, magnitude: float, rng: np.random.Generator, translat
     raise ValueError(f"unknown RandAugment op {name!r}; expected one of {OPS}")
 
 
+def level_to_arg(name: str, magnitude: float, rng: np.random.Generator, translate_const: float = 100,
+                 cutout_const: int = 40) -> tuple:
+    """big_vision's level_to_arg: `op_args` with the sign flip drawn from `rng`. Only Rotate, ShearX/Y and
+    TranslateX/Y consume an rng draw (the sign flip, probability 1/2)."""
+    return op_args(name, magnitude, name in SIGNED_OPS and _draw_negate(rng), translate_const, cutout_const)
+
+
 _SIMPLE_OPS: dict[str, Callable[..., torch.Tensor]] = {
     "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert, "Rotate": rotate, "Posterize": posterize,
     "Solarize": solarize, "Color": color, "Brightness": brightness, "Sharpness": sharpness, "ShearX": shear_x,
@@ -330,16 +389,26 @@ _SIMPLE_OPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def apply_op(name: str, image: torch.Tensor, magnitude: float, rng: np.random.Generator,
-             contrast_mode: ContrastMode = "big_vision", translate_const: float = 100,
-             cutout_const: int = 40) -> torch.Tensor:
-    """Apply the named op at `magnitude`, drawing sign flips and Cutout's centre from `rng`."""
-    args = level_to_arg(name, magnitude, rng, translate_const, cutout_const)
+def apply_drawn_op(name: str, image: torch.Tensor, magnitude: float, negate: bool = False,
+                   centres: Sequence[tuple[int, int]] = (), contrast_mode: ContrastMode = "big_vision",
+                   translate_const: float = 100, cutout_const: int = 40) -> torch.Tensor:
+    """Apply the named op at `magnitude` to an image or a batch, with its draws given: the sign flip (`negate`, one
+    for all the images) and Cutout's centres (one per image)."""
+    args = op_args(name, magnitude, negate, translate_const, cutout_const)
     if name == "Contrast":
         return contrast(image, *args, mode=contrast_mode)
     if name == "Cutout":
-        return cutout(image, *args, rng=rng)
+        return cutout_at(image, *args, centres)
     return _SIMPLE_OPS[name](image, *args)
+
+
+def apply_op(name: str, image: torch.Tensor, magnitude: float, rng: np.random.Generator,
+             contrast_mode: ContrastMode = "big_vision", translate_const: float = 100,
+             cutout_const: int = 40) -> torch.Tensor:
+    """Apply the named op at `magnitude` to one image, drawing sign flips and Cutout's centre from `rng`."""
+    _check_one(image)
+    negate, centre = draw_op(name, rng, *image.shape[-2:])
+    return apply_drawn_op(name, image, magnitude, negate, [centre], contrast_mode, translate_const, cutout_const)
 
 
 class RandAugment:
@@ -362,11 +431,25 @@ class RandAugment:
         return apply_op(name, image, self.magnitude, rng, self.contrast_mode, self.translate_const,
                         self.cutout_const)
 
+    def apply_drawn_op(self, name: str, images: torch.Tensor, negate: bool,
+                       centres: Sequence[tuple[int, int]]) -> torch.Tensor:
+        return apply_drawn_op(name, images, self.magnitude, negate, centres, self.contrast_mode,
+                              self.translate_const, self.cutout_const)
+
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        _check(image)
+        _check_one(image)
         for _ in range(self.num_layers):
             image = self.apply_op(self.choose_op(rng), image, rng)
         return image
+
+    def draw(self, rng: np.random.Generator, h: int, w: int) -> list[tuple[int, bool, tuple[int, int]]]:
+        """The draws `__call__` makes for an h x w image, in its order, without applying anything: per layer
+        (op index into OPS, negate, Cutout centre), as `draw_op` gives them."""
+        layers = []
+        for _ in range(self.num_layers):
+            name = self.choose_op(rng)
+            layers.append((OPS.index(name), *draw_op(name, rng, h, w)))
+        return layers
 
     def __repr__(self) -> str:
         return (f"RandAugment(num_layers={self.num_layers}, magnitude={self.magnitude}, "

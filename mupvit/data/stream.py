@@ -20,12 +20,17 @@ from mupvit.data.decode import decode_image
 
 
 class TrainSample(NamedTuple):
-    """One stream position (collated: one batch). `skipped`: the bad files passed over to fill it, 0 unless
-    data.on_bad_image is skip."""
+    """One stream position (collated: one batch). `image`: float [-1, 1], or with data.augment_on device the uint8
+    crop. `skipped`: the bad files passed over to fill it, 0 unless data.on_bad_image is skip. `plan`: the draws the
+    device applies (mupvit/data/plan.py); with augment_on loader an empty int32 tensor (collated: (B, 0))."""
 
     image: torch.Tensor
     label: int
     skipped: int
+    plan: torch.Tensor
+
+
+NO_PLAN = torch.empty(0, dtype=torch.int32)
 
 
 def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
@@ -39,7 +44,8 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 
 
 class StreamDataset(Dataset):
-    """Map-style view of the stream: item p is (image, label) at stream position p."""
+    """Map-style view of the stream: item p is the TrainSample at stream position p. `transform(image, rng)`
+    returns the image, or (image, plan) when it leaves the augmentation to the device."""
 
     def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_image,
                  skip_bad: bool = False) -> None:
@@ -67,7 +73,9 @@ class StreamDataset(Dataset):
                 if not self.skip_bad:
                     raise
                 continue
-            return TrainSample(self.transform(image, sample_rng(self.seed, position)), label, skipped)
+            out = self.transform(image, sample_rng(self.seed, position))
+            image, plan = out if isinstance(out, tuple) else (out, NO_PLAN)
+            return TrainSample(image, label, skipped, plan)
         raise DataError(f"data.on_bad_image=skip: no image of the {n} in split '{self.split.name}' decodes")
 
 

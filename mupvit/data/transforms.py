@@ -10,13 +10,16 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from mupvit.data.crop import tf_inception_crop_box
+from mupvit.data.plan import pack_plan
 from mupvit.data.randaugment import RandAugment
 from mupvit.data.resize import central_crop, resize_small, to_uint8_truncating
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] as big_vision's value_range(-1, 1): x / 127.5 - 1."""
-    return image.float() / 127.5 - 1.0
+    """uint8 [0, 255] -> float32 [-1, 1] as big_vision's value_range(-1, 1): x / 127.5 - 1. The divisor is a
+    tensor on the image's device because CUDA divides by a Python number as a multiply by its reciprocal, which
+    is one ulp off for about half the grey levels; so every device gives the CPU's values."""
+    return image.float().div_(torch.full((), 127.5, device=image.device)).sub_(1.0)  # in place: one float tensor
 
 
 def random_resized_crop_box(
@@ -43,10 +46,17 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _draw_flip(rng: np.random.Generator) -> bool:
+    return rng.random() < 0.5
+
+
 class TrainTransform:
     """big_vision's train pipeline after decode: Inception crop resized to `size` (bilinear in float, then a
     truncating cast to uint8, as tf.image.resize + tf.cast) -> random horizontal flip -> RandAugment (optional)
-    -> [-1, 1]."""
+    -> [-1, 1].
+
+    Calling it runs all of it on one image (data.augment_on: loader). `crop_and_plan` stops after the crop and
+    returns the draws the rest would make, for mupvit/data/batched_augment.py to apply on the device."""
 
     def __init__(self, size: int, area: tuple[float, float], aspect: tuple[float, float], crop: str = "tf",
                  flip: bool = True, antialias: bool = False, randaugment: RandAugment | None = None) -> None:
@@ -54,16 +64,34 @@ class TrainTransform:
         self.crop_box = tf_inception_crop_box if crop == "tf" else random_resized_crop_box
         self.flip, self.antialias, self.randaugment = flip, antialias, randaugment
 
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def crop(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The Inception crop of a decoded uint8 image, resized to uint8 (3, size, size)."""
         top, left, h, w = self.crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
         # big_vision resizes in float and casts back to uint8 by truncation (resize on uint8 would round)
         crop = image[..., top:top + h, left:left + w].float()  # only the crop's pixels go to float
-        image = to_uint8_truncating(TF.resize(crop, [self.size, self.size], antialias=self.antialias))
-        if self.flip and rng.random() < 0.5:
-            image = TF.horizontal_flip(image)
+        return to_uint8_truncating(TF.resize(crop, [self.size, self.size], antialias=self.antialias))
+
+    def augment(self, crop: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Flip, RandAugment and [-1, 1] of one crop, drawing from `rng` where `crop` left it."""
+        if self.flip and _draw_flip(rng):
+            crop = TF.horizontal_flip(crop)
         if self.randaugment is not None:
-            image = self.randaugment(image, rng)
-        return to_unit_range(image)
+            crop = self.randaugment(crop, rng)
+        return to_unit_range(crop)
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return self.augment(self.crop(image, rng), rng)
+
+    def plan(self, rng: np.random.Generator) -> torch.Tensor:
+        """The draws `augment` would make from `rng`, in its order, none of them applied, as a plan."""
+        flip = self.flip and _draw_flip(rng)
+        layers = self.randaugment.draw(rng, self.size, self.size) if self.randaugment is not None else []
+        return pack_plan(flip, layers)
+
+    def crop_and_plan(self, image: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the uint8 crop, its plan): the loader's share of data.augment_on: device."""
+        image = self.crop(image, rng)
+        return image, self.plan(rng)
 
 
 class EvalTransform:
