@@ -49,6 +49,8 @@ from mupvit.data.resize import to_uint8_truncating
 from mupvit.data.stream import sample_rng
 from mupvit.data.transforms import TrainTransform, to_unit_range
 
+CPU = torch.device("cpu")
+
 
 def write_jpegs(folder: Path, count: int) -> list[str]:
     """Photo-like 500x375 JPEGs: smooth colour gradients plus noise, quality 90."""
@@ -96,21 +98,24 @@ def per_core_rate(fn, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8, augment_on: str = "loader") -> float:
-    """Finished [-1, 1] batches per second in this process, as the trainer gets them: with augment_on device the
-    workers crop and this process augments the batch (on the CPU here)."""
+def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8, augment_on: str = "loader",
+                device: torch.device = CPU) -> float:
+    """Finished [-1, 1] batches per second on `device`, as the trainer gets them: with augment_on device the
+    workers crop and the batch is augmented on `device` (here in this process on the CPU)."""
     cfg = config_from_dict({"data": {"dataset": "imagefolder", "root": "/unused", "num_workers": workers,
                                      "augment_on": augment_on},
                             "train": {"total_steps": steps, "epochs": None, "batch_size": batch},
                             "optim": {"warmup_steps": 1}})
     split = Split("train", ["0"], [(p, 0) for p in paths])
-    loader = iter(train_loader(cfg, split, 0, steps + 1))
+    loader = iter(train_loader(cfg, split, 0, steps + 1, pin_memory=device.type == "cuda"))
     augment = device_augment(cfg)
     next(loader)  # start the workers
     start = time.perf_counter()
     for _ in range(steps):
         images, _, _, plans = next(loader)
-        augment(images, plans)
+        augment(images.to(device, non_blocking=True), plans)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return batch * steps / (time.perf_counter() - start)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
-TINY_TESTED = {"data_throughput.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
+TINY_TESTED = {"data_throughput.py", "gpu_check.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
                "train_throughput.py"}
 
 
@@ -38,6 +38,19 @@ def test_data_throughput(tmp_path):
     assert {"floor_images_per_s_per_core", "mupvit_images_per_s_per_core", "floor_over_mupvit",
             "decode_tf_fast_images_per_s_per_core", "tf_fast_over_pillow_decode", "floor_over_loader_side",
             "device_half_batched_over_per_image"} <= set(result)
+
+
+def test_gpu_check_on_cpu(tmp_path):
+    result = json.loads(tiny("gpu_check.py", cwd=tmp_path).strip().splitlines()[-1])
+    train = result["train"]
+    assert train["third_step_loss_diff"] < 1e-5 and train["step_gflops_per_image"] > 0
+    assert train["mfu"] is None  # no GPU, no peak to compare with
+    for mode in ("loader", "device"):
+        assert result["input"][f"{mode}_images_per_s"] > 0
+        run = result["run"][mode]
+        assert run["steps"] == 4 and 0 <= run["data_time_frac"] <= 1 and run["peak_gpu_memory_gib"] is None
+    # the two augmentation modes train on identical pixels, so they end on the identical model
+    assert result["run"]["loader"]["val_acc1"] == result["run"]["device"]["val_acc1"]
 
 
 def test_mup_transfer(tmp_path):
