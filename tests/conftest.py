@@ -1,5 +1,5 @@
-"""Shared fixtures: the digits demo data is built once per test session, and so is the one Ray head that every
-test needing a cluster shares."""
+"""Shared fixtures: the digits demo data is built once per test session (per xdist worker), and so is the one Ray
+head that every test of that session needing a cluster shares."""
 
 from __future__ import annotations
 
