@@ -30,10 +30,7 @@ class DevicePrefetcher(Iterator):
     def _fetch(self) -> None:
         try:
             batch = next(self.batches)
-        except StopIteration as end:
-            self.pending, self.error = None, end
-            return
-        except Exception as err:  # kept for the step it belongs to
+        except Exception as err:  # the end (StopIteration) or a loader error: kept for the step it belongs to
             self.pending, self.error = None, err
             return
         with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
