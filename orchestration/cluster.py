@@ -124,11 +124,11 @@ def wait_for_free_resources(cfg: Config, log=print) -> None:
     deadline = time.monotonic() + cfg.cluster.resource_wait_s
     announced = False
     while True:
-        check_capacity(cfg)
         free = ray.available_resources()
         short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) < v}
         if not short:
             return
+        check_capacity(cfg)  # short: busy, or a node gone (the caller checked capacity just before the first poll)
         if time.monotonic() >= deadline:
             busy = ", ".join(f"{k}: {have:g} free of {want:g} needed" for k, (want, have) in short.items())
             raise ClusterError(f"resources busy for {cfg.cluster.resource_wait_s:g} s ({busy}); wait for other "
