@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
 INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
 LAUNCH_KEYS = ("cluster.", "tracking.", "train.out_dir", "train.resume", "data.num_workers")
+REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers (see fit)
 
 
 def log(text: str) -> None:
@@ -152,6 +153,10 @@ def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | N
     # Ray Train waits this long for a worker group's resources before its controller counts a failure (its default:
     # 60 s), so a lost node that nobody replaces fails the run after 1 + cluster.max_failures waits, not never.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{c.resource_wait_s:g}"
+    # Each ray.train.report waits until the controller has collected the one before (a queue of one, polled every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): at Ray's default every eval and checkpoint after the
+    # first stalls the workers up to 2 s. A poll is one small RPC a worker; the user's own setting wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_INTERVAL_S)
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
