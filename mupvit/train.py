@@ -213,11 +213,12 @@ def evaluate_splits(state: RunState, step: int, eval_sets: dict[str, Any], forwa
 def forwards(state: RunState) -> tuple[nn.Module, nn.Module]:
     """(train forward, eval forward): DDP-wrapped on several ranks, compiled when train.compile is set.
 
-    The position embedding buffer is a constant: no buffer broadcasts. Eval runs on the bare model, since each
-    rank evaluates its own shard and DDP's collectives would need the same number of forwards everywhere."""
+    The position embedding buffer is a constant: synced once when DDP wraps the model, not at every forward. Eval
+    runs on the bare model, since each rank evaluates its own shard and DDP's collectives would need the same number
+    of forwards everywhere."""
     model, device, compile_ = state.model, state.device, state.cfg.train.compile
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False) if state.world > 1 else model
+                                      forward_sync_buffers=False) if state.world > 1 else model
     forward = torch.compile(wrapped) if compile_ else wrapped
     return forward, forward if state.world == 1 else torch.compile(model) if compile_ else model
 
