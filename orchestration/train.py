@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mupvit.config import Config, ConfigError, add_set_argument, load_config, validate
+from mupvit.config import ClusterConfig, Config, ConfigError, add_set_argument, load_config, validate
 from mupvit.data import DataError, build_splits
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
 INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
 LAUNCH_KEYS = ("cluster.", "tracking.", "train.out_dir", "train.resume", "data.num_workers")
-REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers (see fit)
+REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers
 
 
 def log(text: str) -> None:
@@ -138,6 +138,17 @@ def record(cfg: Config, name: str, uri: str) -> dict[str, Any]:
             "mlflow_run_id": run_id, "tracking_uri": uri}
 
 
+def set_ray_train_timings(c: ClusterConfig) -> None:
+    """Ray Train's timings that only environment variables set (its controller reads them from the driver's)."""
+    # Ray Train waits this long for a worker group's resources before its controller counts a failure (its default:
+    # 60 s), so a lost node that nobody replaces fails the run after 1 + cluster.max_failures waits, not never.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{c.resource_wait_s:g}"
+    # Each ray.train.report waits until the controller has collected the one before (a queue of one, polled every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): at Ray's default every eval and checkpoint after the
+    # first stalls the workers up to 2 s. A poll is one small RPC a worker; the user's own setting wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_INTERVAL_S)
+
+
 def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | None = None) -> Any:
     """TorchTrainer.fit() of the run `name`. Inside a sweep trial (`sweep`: report_every, metric, mode) its
     workers' reports also reach Tune, so ASHA sees them."""
@@ -150,13 +161,7 @@ def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | N
         from ray.tune.integration.ray_train import TuneReportCallback
 
         loop_config["sweep"], callbacks = sweep, [TuneReportCallback()]
-    # Ray Train waits this long for a worker group's resources before its controller counts a failure (its default:
-    # 60 s), so a lost node that nobody replaces fails the run after 1 + cluster.max_failures waits, not never.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{c.resource_wait_s:g}"
-    # Each ray.train.report waits until the controller has collected the one before (a queue of one, polled every
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): at Ray's default every eval and checkpoint after the
-    # first stalls the workers up to 2 s. A poll is one small RPC a worker; the user's own setting wins.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_INTERVAL_S)
+    set_ray_train_timings(c)
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from mupvit.config import ConfigError, load_config
 from orchestration.cluster import ClusterError, check_capacity
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, tracking_uri
-from orchestration.train import prepare, run_name
+from orchestration.train import prepare, run_name, set_ray_train_timings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "experiments/demo_digits.yaml"
@@ -109,3 +110,15 @@ def test_an_unreachable_cluster_address_fails_in_seconds_naming_it():
         check_reachable(f"127.0.0.1:{port}")
     assert time.monotonic() - started < 15
     check_reachable("auto")  # Ray's own address words are left to Ray
+
+
+def test_ray_train_polls_its_workers_often_unless_the_user_says_otherwise(monkeypatch):
+    """At Ray's 2 s default, every report after the first would stall the workers until the controller's next poll."""
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", raising=False)
+    set_ray_train_timings(demo("cluster.resource_wait_s=45").cluster)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.1"
+    assert os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "45"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+    set_ray_train_timings(demo().cluster)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "5"
