@@ -93,3 +93,9 @@ def test_the_torch_free_modules_load_no_torch():
 def test_experiments_hold_yaml_only():
     files = [p for p in (REPO / "experiments").rglob("*") if p.is_file()]
     assert files and all(p.suffix == ".yaml" for p in files), [str(p) for p in files if p.suffix != ".yaml"]
+
+
+def test_a_driver_and_a_data_probe_load_no_torchvision():
+    """torchvision imports torch._dynamo (~1.3 s here) at every start of a driver and of each data probe task;
+    only the non-default eval method `torchvision_bilinear` needs it, and imports it where it is used."""
+    assert "torchvision" not in loaded_after_importing(["orchestration.train", "mupvit.data"])

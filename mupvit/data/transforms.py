@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
+import torch.nn.functional as F
 
 from mupvit.data.crop import tf_inception_crop_box
 from mupvit.data.plan import pack_plan
@@ -69,12 +69,16 @@ class TrainTransform:
         top, left, h, w = self.crop_box(rng, image.shape[-2], image.shape[-1], self.area, self.aspect)
         # big_vision resizes in float and casts back to uint8 by truncation (resize on uint8 would round)
         crop = image[..., top:top + h, left:left + w].float()  # only the crop's pixels go to float
-        return to_uint8_truncating(TF.resize(crop, [self.size, self.size], antialias=self.antialias))
+        # torchvision's resize of a float image is exactly this call; torch's own keeps torchvision (and the 1.3 s of
+        # torch._dynamo it imports) out of every process that only builds datasets (drivers, data probes)
+        resized = F.interpolate(crop[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                antialias=self.antialias)[0]
+        return to_uint8_truncating(resized)
 
     def augment(self, crop: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Flip, RandAugment and [-1, 1] of one crop, drawing from `rng` where `crop` left it."""
         if self.flip and _draw_flip(rng):
-            crop = TF.horizontal_flip(crop)
+            crop = crop.flip(-1)
         if self.randaugment is not None:
             crop = self.randaugment(crop, rng)
         return to_unit_range(crop)
@@ -105,5 +109,7 @@ class EvalTransform:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.method == "tf_area":
             return to_unit_range(central_crop(resize_small(image, self.resize), self.size))
+        import torchvision.transforms.v2.functional as TF  # only this non-default method needs torchvision
+
         image = TF.resize(image, [self.resize], antialias=True)
         return to_unit_range(TF.center_crop(image, [self.size, self.size]))
