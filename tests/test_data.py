@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -532,6 +534,14 @@ def test_digits_second_build_is_a_no_op(digits_root):
     before = {p: p.stat().st_mtime_ns for p in _files(digits_root)}
     assert build_digits(digits_root) == digits_root
     assert {p: p.stat().st_mtime_ns for p in _files(digits_root)} == before
+
+
+def test_finding_the_digits_built_imports_no_scikit_learn(digits_root):
+    """Every driver, data probe and worker calls build_digits; only a build needs scikit-learn (~1.3 s to import)."""
+    code = ("import sys; from mupvit.data.digits import build_digits; build_digits(sys.argv[1]); "
+            "print(sorted(sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(digits_root)], capture_output=True, text=True, check=True)
+    assert "sklearn" not in done.stdout and "'mupvit.data.digits'" in done.stdout
 
 
 def test_digits_split_is_deterministic(digits_root, tmp_path):

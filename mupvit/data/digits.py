@@ -44,8 +44,6 @@ def _write(images: np.ndarray, labels: np.ndarray, root: Path) -> dict[str, int]
 def build_digits(root: str | Path | None = None) -> Path:
     """Write the demo dataset under `root` (default: $MUPVIT_DATA_DIR or ~/.cache/mupvit) unless it is
     already there; returns the root. Built in a temporary folder and renamed, so a crash leaves nothing half-made."""
-    from sklearn.datasets import load_digits
-
     root = Path(root).expanduser().resolve() if root else default_root()
     marker = root / "dataset.json"
     if marker.is_file():
@@ -56,6 +54,9 @@ def build_digits(root: str | Path | None = None) -> Path:
             "point data.root at an empty or new folder"
         )
     print(f"building the digits demo dataset under {root} ...", file=sys.stderr, flush=True)
+    # Only a build needs scikit-learn (which imports scipy.stats, ~1.3 s): not each process that finds it built.
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
