@@ -320,6 +320,24 @@ def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
     return move
 
 
+def run_info(state: RunState) -> dict[str, Any]:
+    """What logger.start records about the run beside its config."""
+    cfg, p = state.cfg, state.model.parametrization
+    return {"total_steps": state.steps, "start_step": state.start, "device": str(state.device),
+            "train_images": len(state.splits[cfg.data.train_split]), "resumed_from": state.last_ckpt,
+            "out_dir": str(state.out_dir), "parametrization": p.name, "width_mult": p.width_mult}
+
+
+def stopped_by_bad_data(err: DataError, state: RunState, step: int, watch: LossWatch, logger: RunLogger) -> DataError:
+    """The one-line error for a bad file met before `step`, after saving the steps trained since the last
+    checkpoint (one process only: with several ranks the others would wait in the checkpoint's collective)."""
+    unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
+    if state.world == 1 and step > state.start and unsaved:
+        watch.check(step)  # never save a diverged model
+        save(state, step, logger)
+    return DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: {state.last_ckpt or 'none'})")
+
+
 def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
           resume_from: str | Path | None) -> dict[str, Any]:
     """The run itself, in the order big_vision's train.py reads: setup, then step, eval and checkpoint."""
@@ -327,12 +345,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     state = setup(cfg, device, resume_from)
     end = state.steps if stop_at_step is None else min(state.steps, stop_at_step)
     forward, eval_forward = forwards(state)
-    p = state.model.parametrization
-    logger.start(cfg.to_dict(), {
-        "total_steps": state.steps, "start_step": state.start, "device": str(state.device),
-        "train_images": len(state.splits[cfg.data.train_split]), "resumed_from": state.last_ckpt,
-        "out_dir": str(state.out_dir), "parametrization": p.name, "width_mult": p.width_mult,
-    })
+    logger.start(cfg.to_dict(), run_info(state))
     pin = state.device.type == "cuda"
     eval_sets = {name: eval_loader(cfg, state.splits[name], pin, state.rank, state.world)
                  for name in cfg.data.eval_splits}
@@ -349,13 +362,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
         try:
             images, labels, passed_over, plans = next(batches)
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
-            # (one process only: with several ranks the others would wait in the checkpoint's collective)
-            unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
-            if state.world == 1 and step > state.start and unsaved:
-                watch.check(step)  # never save a diverged model
-                save(state, step, logger)
-            raise DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: "
-                            f"{state.last_ckpt or 'none'})") from None
+            raise stopped_by_bad_data(err, state, step, watch, logger) from None
         images = augment(images, plans)  # the plans stay on the host: grouping by op never waits for the device
         skipped += int(passed_over.sum())
         fetched = time.perf_counter()
