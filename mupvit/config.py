@@ -1,17 +1,22 @@
-"""One typed config object for a whole run, loaded from YAML with dotted overrides.
+"""One typed config object for what a run computes (data, model, optim, train), loaded from YAML with dotted
+overrides.
 
 Every field is declared here with its type and default; unknown keys, wrong types and impossible
 values fail in `load_config` with a message naming the key, the value and what is allowed, so a bad
-config never reaches data loading or training.
+config never reaches data loading or training. Fields declared `resumable` may change between a checkpoint and
+its resume; every other field names the run (`run_fingerprint`) and is refused on resume (`changed_settings`).
+
+An experiment file also holds where and how the run is launched and recorded (LAUNCHER_SECTIONS): orchestration
+reads those sections; `python -m mupvit.train` leaves them unread.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +26,7 @@ import yaml
 from mupvit.config_yaml import chain_text, parse_yaml, read_experiment, yaml_error
 from mupvit.errors import ConfigError, shown
 from mupvit.models.shapes import check_model
+from mupvit.schema import build, check_signs, resumable, resumable_keys
 
 
 @dataclass
@@ -28,7 +34,7 @@ class DataConfig:
     # `digits` builds the embedded demo from scikit-learn's digits under `root`;
     # `imagefolder` reads root/<split>/<class>/*; `imagenet` reads torchvision's ImageNet layout.
     dataset: Literal["digits", "imagefolder", "imagenet"] = "imagefolder"
-    root: str = ""
+    root: str = resumable("")  # where the data lives, not what it is
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["val"])
     # Declared train-set size; when set, it must match the data (lets epochs -> steps resolve early).
@@ -72,8 +78,8 @@ class DataConfig:
     minival_from: str = "train"
     minival_fraction: float = 0.01
     minival_seed: int = 0
-    num_workers: int = 2
-    eval_batch_size: int = 256
+    num_workers: int = resumable(2)
+    eval_batch_size: int = resumable(256)
 
 
 @dataclass
@@ -126,47 +132,19 @@ class TrainConfig:
     devices: int = 1
     accum_steps: int = 1
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_every: int = 50
-    eval_every: int | None = 1000
+    compile: bool = resumable(False)
+    device: Literal["auto", "cpu", "cuda"] = resumable("auto")
+    log_every: int = resumable(50)
+    eval_every: int | None = resumable(1000)
     eval_at_epochs: list[float] = field(default_factory=lambda: [90.0])
-    ckpt_every: int | None = 1000
-    keep_ckpts: int = 3
-    out_dir: str = "runs/default"
-    resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
+    ckpt_every: int | None = resumable(1000)
+    keep_ckpts: int = resumable(3)
+    out_dir: str = resumable("runs/default")
+    resume: bool = resumable(True)  # continue from the newest checkpoint in out_dir when there is one
     # Start (not resume) from these weights: a mupvit .pt, a big_vision .npz or a timm-layout .safetensors.
     init_from: str | None = None
     # false: drop the file's classifier and train a fresh head (e.g. another model.num_classes)
     init_head: bool = True
-
-
-@dataclass
-class ClusterConfig:
-    """Where `python -m orchestration.train` runs the loop (Ray Train); `python -m mupvit.train` ignores it."""
-
-    address: str | None = None  # Ray cluster address; else $RAY_ADDRESS; else a local Ray on this machine
-    num_workers: int = 1  # data-parallel workers (sets train.devices)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # used with use_gpu
-    # Ray Train storage for checkpoints: a local folder (relative to the submit directory), a path every node
-    # shares, or a bucket URI (s3://, gs://).
-    storage_path: str = "ray_results"
-    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
-    keep_checkpoints: int = 2
-    resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
-    fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
-
-
-@dataclass
-class TrackingConfig:
-    """MLflow tracking for orchestration runs."""
-
-    uri: str | None = None  # else $MLFLOW_TRACKING_URI; else sqlite:///<submit dir>/mlflow.db
-    experiment: str = "mupvit"
-    run_name: str | None = None  # also the Ray Train run name; default <config file stem>-<config hash>
-    ablation: str | None = None  # the paper ablation this run belongs to (tag for the report)
 
 
 @dataclass
@@ -175,8 +153,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,94 +162,6 @@ class Config:
 
 
 # ---------------------------------------------------------------- building from plain data
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
-
-
-# Integers beyond this are no config value (and overflow torch and numpy seeds).
-MAX_INT = 2**63 - 1
-
-
-def coerce_value(key: str, value: Any, tp: Any) -> Any:
-    """Return `value` as type `tp`, or raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: got {shown(value)}, expected {_describe(tp)}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return coerce_value(key, value, arg)
-            except ConfigError:
-                pass
-        raise bad
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (item_tp,) = typing.get_args(tp)
-        return [coerce_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        if abs(value) > MAX_INT:
-            raise ConfigError(f"{key}: got {shown(value)}, expected an integer of at most {MAX_INT}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: got {value}, expected a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names), key=str)
-    if unknown:
-        where = prefix or "config"
-        listed = ", ".join(shown(k, 40).strip("'") for k in unknown[:8]) + (f" (+{len(unknown) - 8} more)"
-                                                                          if len(unknown) > 8 else "")
-        raise ConfigError(f"{where}: unknown key(s) {listed}; allowed: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name not in data:
-            continue
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name], key)
-        else:
-            kwargs[name] = coerce_value(key, data[name], tp)
-    return cls(**kwargs)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -304,12 +192,36 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {key.strip()}: value {shown(raw)} is not valid YAML: {yaml_error(err)}") from None
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
+# Sections of an experiment file that say where and how a run is launched and recorded: orchestration reads them
+# (orchestration/launch_config.py); the run's config leaves them out.
+LAUNCHER_SECTIONS = ("cluster", "tracking")
+
+
+def with_overrides(data: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
+    """A deep copy of an experiment's tree with `--set` overrides applied."""
     tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy through plain YAML types
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree, "")
+    return tree
+
+
+def run_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """The run's part of an experiment tree: everything but LAUNCHER_SECTIONS."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {shown(tree)}")
+    return {k: v for k, v in tree.items() if k not in LAUNCHER_SECTIONS}
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """The typed Config of a run tree, without the cross-field checks (for callers that derive values first and
+    then `validate` once)."""
+    return build(Config, run_sections(tree))
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
+    """The validated Config of an experiment tree (launcher sections left out) with `--set` overrides."""
+    cfg = build_config(with_overrides(data, overrides))
     validate(cfg)
     return cfg
 
@@ -321,6 +233,33 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         return config_from_dict(data, overrides)
     except ConfigError as err:
         raise ConfigError(f"{chain_text(chain)}: {err}") from err
+
+
+# ---------------------------------------------------------------- the run's identity
+
+# Keys that may change between a checkpoint and its resume without changing the optimisation (declared on the
+# fields with `resumable`); every other key names the run.
+RESUMABLE_KEYS = resumable_keys(Config)
+
+
+def optimisation_settings(tree: dict[str, Any]) -> dict[str, Any]:
+    """The dotted settings of a run config's mapping that change the optimisation (sections outside the run's,
+    such as the launch sections of checkpoints written by older versions, are left out)."""
+    sections = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in flatten(tree).items() if k not in RESUMABLE_KEYS and k.split(".")[0] in sections}
+
+
+def run_fingerprint(cfg: Config) -> str:
+    """8 hex digits that change exactly when a setting that changes the optimisation does."""
+    settings = json.dumps(optimisation_settings(cfg.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha1(settings.encode()).hexdigest()[:8]
+
+
+def changed_settings(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """The optimisation settings in which a checkpoint's config (`saved`) and `cfg` differ, as "key: old -> new"."""
+    old, new = optimisation_settings(saved), optimisation_settings(cfg.to_dict())
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -351,28 +290,15 @@ def total_steps(cfg: Config, num_train: int | None = None) -> int:
     return steps_for_epochs(cfg.train.epochs, n, cfg.train.batch_size)
 
 
-def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if (value < 0) if allow_zero else (value <= 0):
-        raise ConfigError(f"{key}: got {value}, expected a {'non-negative' if allow_zero else 'positive'} number")
-
-
 # Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
 _POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "optim.lr", "optim.eps",
              "optim.clip_norm", "train.batch_size",
              "train.devices", "train.accum_steps",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
-             "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "cluster.num_workers",
-             "cluster.cpus_per_worker", "cluster.keep_checkpoints", "cluster.gpus_per_worker", "cluster.fail_at_step")
+             "train.total_steps", "data.num_train_examples", "data.eval_batch_size")
 _NON_NEGATIVE = ("train.seed", "data.minival_seed", "optim.weight_decay", "optim.warmup_steps", "data.num_workers",
                  "data.randaug_layers",
-                 "data.mixup_alpha", "cluster.max_failures", "cluster.resource_wait_s")
-
-
-def _value(cfg: Config, dotted: str) -> Any:
-    section, _, name = dotted.partition(".")
-    return getattr(getattr(cfg, section), name)
+                 "data.mixup_alpha")
 
 
 def _check_data(d: DataConfig, eval_every: int | None) -> None:
@@ -395,10 +321,7 @@ def _check_data(d: DataConfig, eval_every: int | None) -> None:
 
 
 def _check_numbers(cfg: Config) -> None:
-    for key in _POSITIVE:
-        _positive(key, _value(cfg, key))
-    for key in _NON_NEGATIVE:
-        _positive(key, _value(cfg, key), allow_zero=True)
+    check_signs(cfg, _POSITIVE, _NON_NEGATIVE)
     for key, beta in (("optim.b1", cfg.optim.b1), ("optim.b2", cfg.optim.b2)):
         if not 0.0 <= beta < 1.0:
             raise ConfigError(f"{key}: got {beta}, expected 0 <= beta < 1")
@@ -435,9 +358,14 @@ def _check_budget(cfg: Config, num_train: int | None) -> None:
             )
 
 
-def validate(cfg: Config, num_train: int | None = None) -> None:
-    """Check cross-field constraints; `num_train` (the loaded dataset's size) enables the step checks."""
+def validate(cfg: Config) -> None:
+    """Check cross-field constraints, as far as they are known before the data is read."""
     _check_numbers(cfg)
     check_model(cfg.model, cfg.data.image_size)
     _check_data(cfg.data, cfg.train.eval_every)
+    _check_budget(cfg, None)
+
+
+def check_budget(cfg: Config, num_train: int) -> None:
+    """The step budget against the loaded train set's size (steps, warmup, epoch-equivalents)."""
     _check_budget(cfg, num_train)

@@ -8,6 +8,7 @@ Read top to bottom: setup (model, optimiser, resume), the step, eval at the sche
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -26,11 +27,11 @@ from mupvit.config import (
     Config,
     ConfigError,
     add_set_argument,
-    flatten,
+    changed_settings,
+    check_budget,
     load_config,
     steps_for_epochs,
     total_steps,
-    validate,
 )
 from mupvit.data import DataError, build_splits, device_augment, eval_loader, train_loader
 from mupvit.data.datasets import worker_message
@@ -42,18 +43,12 @@ from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
 from mupvit.models.registry import build_model
+from mupvit.models.shapes import model_shape
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary, result_name
-
-# Keys that may change between a checkpoint and its resume without changing the optimisation.
-RESUMABLE_CHANGES = {
-    "data.num_workers", "data.eval_batch_size", "data.root", "train.log_every", "train.eval_every",
-    "train.ckpt_every", "train.keep_ckpts", "train.out_dir", "train.resume", "train.compile", "train.device",
-}
-RESUMABLE_SECTIONS = ("cluster.", "tracking.")  # where and how a run is launched and recorded
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,11 +56,11 @@ class TrainingDiverged(RuntimeError):
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
-    old, new = flatten(saved), flatten(cfg.to_dict())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-                     and not k.startswith(RESUMABLE_SECTIONS))
+    """Refuse to resume a checkpoint whose config differs from `cfg` in a setting that changes the optimisation
+    (every config key not declared `resumable`)."""
+    changed = changed_settings(saved, cfg)
     if changed:
-        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        diffs = "; ".join(changed[:6])
         raise ConfigError(
             f"{path} was written by a different config ({diffs}). Resume with the same config, "
             "choose a new train.out_dir, or set train.resume=false to start over in a new directory"
@@ -151,7 +146,7 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
     device = device or resolve_device(t.device)
     splits = build_splits(cfg)
     num_train = len(splits[cfg.data.train_split])
-    validate(cfg, num_train=num_train)
+    check_budget(cfg, num_train)
     steps = total_steps(cfg, num_train)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
@@ -321,11 +316,14 @@ def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
 
 
 def run_info(state: RunState) -> dict[str, Any]:
-    """What logger.start records about the run beside its config."""
+    """What logger.start records about the run beside its config: the values the config resolved to (the model's
+    shape, the step budget and its epochs, the devices) and where this attempt started."""
     cfg, p = state.cfg, state.model.parametrization
-    return {"total_steps": state.steps, "start_step": state.start, "device": str(state.device),
-            "train_images": len(state.splits[cfg.data.train_split]), "resumed_from": state.last_ckpt,
-            "out_dir": str(state.out_dir), "parametrization": p.name, "width_mult": p.width_mult}
+    n_train = len(state.splits[cfg.data.train_split])
+    return {**dataclasses.asdict(model_shape(cfg.model)), "parametrization": p.name, "width_mult": p.width_mult,
+            "total_steps": state.steps, "epochs": state.steps * cfg.train.batch_size / n_train,
+            "train_images": n_train, "devices": state.world, "device": str(state.device),
+            "start_step": state.start, "resumed_from": state.last_ckpt, "out_dir": str(state.out_dir)}
 
 
 def stopped_by_bad_data(err: DataError, state: RunState, step: int, watch: LossWatch, logger: RunLogger) -> DataError:

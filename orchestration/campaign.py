@@ -26,11 +26,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from mupvit.config import Config, ConfigError, add_set_argument, load_config
+from mupvit.config import Config, ConfigError, add_set_argument
 from orchestration.cluster import ClusterError
+from orchestration.launch_config import Launch, load_launch
 from orchestration.local_cluster import auth_headers, token_path
 from orchestration.tracking import check_reachable, find_run, tracking_uri
-from orchestration.train import INPUT_ERRORS, REPO, prepare, run_name
+from orchestration.train import INPUT_ERRORS, REPO, run_name
 from orchestration.train_job import train_job_command, train_job_env
 
 RUN_METADATA = "mupvit_run"  # job metadata key holding the run name: how a rerun finds a job already on the cluster
@@ -44,7 +45,7 @@ class Entry:
     """One config of the campaign and what happens to it."""
 
     config: Path
-    cfg: Config  # prepared by orchestration.train.prepare (absolute storage path, devices = workers)
+    launch: Launch  # resolved (absolute storage path, devices = workers)
     run_name: str
     uri: str  # the MLflow store the job writes to
     action: str = ""  # skip | wait | submit
@@ -68,15 +69,15 @@ def load_campaign(folder: Path, overrides: list[str], base_dir: Path) -> list[En
         raise ConfigError(f"{folder}: no *.yaml experiment configs in it")
     entries, owners = [], {}
     for path in paths:
-        cfg = prepare(load_config(path, overrides), base_dir)
-        entry = Entry(path.resolve(), cfg, run_name(cfg, str(path)), tracking_uri(cfg, base_dir))
+        launch = load_launch(path, overrides, base_dir)
+        entry = Entry(path.resolve(), launch, run_name(launch), tracking_uri(launch.tracking, base_dir))
         if entry.run_name in owners:
             raise ConfigError(f"{path}: same run name {entry.run_name!r} as {owners[entry.run_name]}; "
                               "give one of them its own tracking.run_name")
         owners[entry.run_name] = path
         entries.append(entry)
     # Shortest schedules first: on one cluster the 90-epoch comparisons arrive before a 300-epoch run.
-    return sorted(entries, key=lambda e: (e.cfg.train.epochs if e.cfg.train.total_steps is None else 0.0,
+    return sorted(entries, key=lambda e: (e.launch.run.train.epochs if e.launch.run.train.total_steps is None else 0.0,
                                           e.config.name))
 
 
@@ -113,7 +114,7 @@ def recorded_run(entry: Entry) -> Run | None:
     if entry.uri.startswith("sqlite:///") and not Path(entry.uri.removeprefix("sqlite:///")).exists():
         return None
     client = MlflowClient(entry.uri)
-    experiment = client.get_experiment_by_name(entry.cfg.tracking.experiment)
+    experiment = client.get_experiment_by_name(entry.launch.tracking.experiment)
     return find_run(client, experiment.experiment_id, entry.run_name) if experiment else None
 
 
@@ -126,7 +127,8 @@ def decide(entry: Entry, active: dict[str, str]) -> None:
     """Set entry.action: skip a finished run, wait for a job already on the cluster, else submit."""
     run = recorded_run(entry)
     if run is not None and run.info.status == "FINISHED":
-        entry.action, entry.reason, entry.top1 = "skip", f"finished, run {run.info.run_id}", top1_of(run, entry.cfg)
+        entry.action, entry.reason = "skip", f"finished, run {run.info.run_id}"
+        entry.top1 = top1_of(run, entry.launch.run)
     elif entry.run_name in active:
         entry.action, entry.job_id = "wait", active[entry.run_name]
         entry.reason = f"job {entry.job_id} already on the cluster"
@@ -141,8 +143,8 @@ def job_config_path(config: Path) -> str:
 
 
 def submit(client: JobSubmissionClient, entry: Entry, overrides: list[str]) -> None:
-    # The storage path prepare() made absolute against this directory: the job's own cwd is a temporary copy.
-    sets = [*overrides, f"cluster.storage_path={entry.cfg.cluster.storage_path}"]
+    # The storage path made absolute against this directory: the job's own cwd is a temporary copy.
+    sets = [*overrides, f"cluster.storage_path={entry.launch.cluster.storage_path}"]
     entry.job_id = client.submit_job(
         entrypoint=shlex.join(train_job_command(job_config_path(entry.config), sets)),
         runtime_env={"working_dir": str(REPO), "env_vars": train_job_env(REPO, entry.uri)},
@@ -173,7 +175,7 @@ def wait_for(client: JobSubmissionClient, entries: list[Entry]) -> None:
 def finished(client: JobSubmissionClient, entry: Entry, status: JobStatus) -> None:
     if status == JobStatus.SUCCEEDED:
         run = recorded_run(entry)
-        entry.top1 = top1_of(run, entry.cfg) if run is not None else None
+        entry.top1 = top1_of(run, entry.launch.run) if run is not None else None
         return
     tail = "\n".join(client.get_job_logs(entry.job_id).splitlines()[-30:])
     print(f"error: {entry.config.name}: job {entry.job_id} {status.value}; the end of its log:\n{tail}",

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from mupvit.config import Config
+from orchestration.launch_config import ClusterConfig
 from orchestration.local_cluster import loopback_driver, prepare_in_process_ray
 
 # A local Ray on a small machine: cap the object store (it defaults to 30% of RAM) so torch keeps the memory.
@@ -68,12 +68,12 @@ def loopback_only_gcs(address: str) -> bool:
     return False
 
 
-def connect(cfg: Config) -> str:
+def connect(c: ClusterConfig) -> str:
     """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
     if ray.is_initialized():
         return "already connected"
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' lines as plain text: no ANSI codes in logs and files
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = c.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
         if loopback_only_gcs(address):  # a head of local_cluster: join it on its terms
@@ -92,18 +92,17 @@ def connect(cfg: Config) -> str:
     return "a local Ray started for this run"
 
 
-def worker_resources(cfg: Config) -> dict[str, float]:
-    c = cfg.cluster
+def worker_resources(c: ClusterConfig) -> dict[str, float]:
     return {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
 
 
-def check_capacity(cfg: Config, nodes: list[dict[str, Any]] | None = None) -> None:
+def check_capacity(c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
     """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources
     (Ray itself would wait forever, e.g. for a GPU that does not exist)."""
     nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
-    per_worker = worker_resources(cfg)
+    per_worker = worker_resources(c)
     totals = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in per_worker}
-    n = cfg.cluster.num_workers
+    n = c.num_workers
     for key, amount in per_worker.items():
         if totals[key] < n * amount:
             hint = ("set cluster.use_gpu: false, or use a cluster with GPUs" if key == "GPU"
@@ -117,24 +116,24 @@ def check_capacity(cfg: Config, nodes: list[dict[str, Any]] | None = None) -> No
                            f"cluster.num_workers={n}")
 
 
-def wait_for_free_resources(cfg: Config, log=print) -> None:
+def wait_for_free_resources(c: ClusterConfig, log=print) -> None:
     """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s, then fail. Capacity is
     checked again at every poll: a node that Ray marks dead meanwhile turns the wait into check_capacity's error."""
-    need = {k: v * cfg.cluster.num_workers for k, v in worker_resources(cfg).items()}
-    deadline = time.monotonic() + cfg.cluster.resource_wait_s
+    need = {k: v * c.num_workers for k, v in worker_resources(c).items()}
+    deadline = time.monotonic() + c.resource_wait_s
     announced = False
     while True:
         free = ray.available_resources()
         short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) < v}
         if not short:
             return
-        check_capacity(cfg)  # short: busy, or a node gone (the caller checked capacity just before the first poll)
+        check_capacity(c)  # short: busy, or a node gone (the caller checked capacity just before the first poll)
         if time.monotonic() >= deadline:
             busy = ", ".join(f"{k}: {have:g} free of {want:g} needed" for k, (want, have) in short.items())
-            raise ClusterError(f"resources busy for {cfg.cluster.resource_wait_s:g} s ({busy}); wait for other "
+            raise ClusterError(f"resources busy for {c.resource_wait_s:g} s ({busy}); wait for other "
                                "jobs to finish or raise cluster.resource_wait_s")
         if not announced:
-            log(f"waiting up to {cfg.cluster.resource_wait_s:g} s for free resources {need}")
+            log(f"waiting up to {c.resource_wait_s:g} s for free resources {need}")
             announced = True
         time.sleep(1.0)
 

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mupvit.config import ConfigError, add_set_argument, load_config
+from mupvit.config import ConfigError, add_set_argument
+from orchestration.launch_config import load_launch
 from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
 from orchestration.train_job import train_job_command, train_job_env
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args(argv)
     try:
-        load_config(args.config, args.overrides)  # a bad config fails before a head starts
+        load_launch(args.config, args.overrides)  # a bad config fails before a head starts
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

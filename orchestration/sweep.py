@@ -24,16 +24,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from mupvit.config import Config, ConfigError, add_set_argument, load_config, total_steps
+from mupvit.config import Config, ConfigError, add_set_argument, total_steps
 from mupvit.models.shapes import model_shape
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
+from orchestration.launch_config import load_launch
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_reachable, check_store_shared, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
-from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log, prepare
+from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) 
         raise ConfigError("--transfer-to: the sweep has no finished µP trial to transfer from")
     lr = float(rows.sort_values("width").iloc[-1]["best lr"])
     sets = [f"optim.lr={lr:.6g}", "model.parametrization=mup", f"model.base_width={base_width}"]
-    load_config(target, sets)  # the transferred config must be valid
+    load_launch(target, sets)  # the transferred experiment must be valid
     return sets, lr
 
 
@@ -166,14 +167,15 @@ def restore_or_start(spec: SweepSpec, trainable: Any, path: str, storage: str, s
 
 
 def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
-    base = prepare(load_config(spec.base, spec.override_list()), base_dir)  # absolute storage path, as single runs
-    uri = resolve_tracking_uri(base, base_dir)
+    base = spec.trial_launch({}, base_dir)  # absolute storage path, as single runs
+    uri = resolve_tracking_uri(base.tracking, base_dir)
     check_reachable(uri)
-    log(f"connecting: {connect(base)}")
+    log(f"connecting: {connect(base.cluster)}")
     check_room(spec)
     check_store_shared(uri, node_count())
     check_data_on_worker(base)
-    steps = total_steps(base) if base.train.total_steps or base.data.num_train_examples else 10**9
+    run = base.run
+    steps = total_steps(run) if run.train.total_steps or run.data.num_train_examples else 10**9
     client = MlflowClient(uri)
     parent_id, before = open_run(client, base, f"sweep:{spec.name}", REPO,
                                  extra_tags={"sweep": spec.name, "sweep_role": "parent", "search": spec.algorithm,
@@ -185,7 +187,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
-                             storage=storage), trial_resources(spec))
+                             base_dir=str(base_dir), storage=storage), trial_resources(spec))
     try:
         tuner = restore_or_start(spec, trainable, path, storage, steps, parent_id, before)
         grid = tuner.fit()
@@ -195,7 +197,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
-    table = results_table(grid.get_dataframe(), spec, base, steps)
+    table = results_table(grid.get_dataframe(), spec, run, steps)
     best = best_lr_table(table)
     close_children(client, experiment_id, parent_id, dict(zip(table["trial_id"], table["step"].fillna(0), strict=True)),
                    steps)
@@ -208,7 +210,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         log(f"a trial failed: {failed}")
     return {"sweep": spec.name, "parent_run_id": parent_id, "tracking_uri": uri, "trials": len(table),
             "errored": grid.num_errors, "trial_steps": trial_steps, "table": table, "best": best,
-            "base_width": base.model.base_width}
+            "base_width": run.model.base_width}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_sweep(args.sweep, args.overrides)
         if args.transfer_to:
-            load_config(args.transfer_to)
+            load_launch(args.transfer_to)
         result = run_sweep(spec, Path.cwd())
         print(f"\nsweep {spec.name}: {result['trials']} trials, {result['trial_steps']} trial-steps")
         print(result["best"].to_string(index=False) if not result["best"].empty else "no trial finished")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             print("µTransfer: " + " ".join(command))
             summary["transfer_command"] = command
             if args.launch:
-                summary["transfer_run"] = launch(load_config(args.transfer_to, sets), args.transfer_to, Path.cwd())
+                summary["transfer_run"] = launch(load_launch(args.transfer_to, sets, Path.cwd()), Path.cwd())
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,22 +22,52 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from mupvit.config import Config, ConfigError, coerce_value, load_config, parse_override, total_steps, validate
-from mupvit.config_yaml import read_yaml
+from mupvit.config import Config, ConfigError, ModelConfig, parse_override, total_steps, with_overrides
+from mupvit.config_yaml import read_experiment, read_yaml
 from mupvit.errors import shown
 from mupvit.models.parametrization import with_width
+from mupvit.schema import build
+from orchestration.launch_config import Launch, launch_from_dict
 
 DOMAINS = ("grid", "log2_grid", "choice", "loguniform", "uniform")
-ALGORITHMS = ("grid", "random", "optuna")
-SCHEDULERS = ("none", "asha")
-TOP_KEYS = {"name", "base", "overrides", "space", "search", "scheduler", "metric", "mode", "num_samples",
-            "max_concurrent", "trial_cpus", "trial_gpus", "trial_workers"}
+
+
+@dataclass
+class SearchSection:
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    seed: int = 0
+
+
+@dataclass
+class SchedulerSection:
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = 1  # steps
+    reduction_factor: float = 3.0
+
+
+@dataclass
+class SweepFile:
+    """A sweep file as written, read by the config's own schema machinery (mupvit.schema)."""
+
+    name: str
+    base: str
+    space: dict[str, dict[str, list[Any]]]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    search: SearchSection = field(default_factory=SearchSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    metric: str = "train/loss_avg"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = 1
+    max_concurrent: int = 1
+    trial_cpus: float = 1.0
+    trial_gpus: float = 0.0
+    trial_workers: int = 1
 
 
 @dataclass
@@ -65,15 +95,29 @@ class SweepSpec:
         return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                 for k, v in merged.items()]
 
-    def trial_config(self, sampled: dict[str, Any]) -> Config:
-        """The base experiment with the fixed overrides and the sampled values; a sampled model.width widens the
-        base model by its widening rule (heads and mlp_dim follow), as µP's width transfer assumes."""
-        rest = {k: v for k, v in sampled.items() if k != "model.width"}
-        cfg = load_config(self.base, self.override_list(rest))
+    def trial_launch(self, sampled: dict[str, Any], base_dir: Path = Path("."),
+                     storage: str | None = None) -> Launch:
+        """The base experiment with the fixed overrides and the sampled values, resolved and validated once. A
+        sampled model.width widens the base model by its widening rule (heads and mlp_dim follow), as µP's width
+        transfer assumes. With `storage` and trial_workers > 1, the trial is a Ray Train run of its own: its
+        workers share trial_cpus / trial_gpus, and its checkpoints go under `storage`."""
+        data, _ = read_experiment(Path(self.base))
+        sets = self.override_list({k: v for k, v in sampled.items() if k != "model.width"})
+        if storage is not None and self.trial_workers > 1:
+            w, gpus = self.trial_workers, self.trial_gpus
+            sets += [f"cluster.num_workers={w}", f"cluster.cpus_per_worker={self.trial_cpus / w}",
+                     f"cluster.use_gpu={'true' if gpus else 'false'}",
+                     *([f"cluster.gpus_per_worker={gpus / w}"] if gpus else []),
+                     f"cluster.storage_path={storage.rstrip('/')}/sweeps/{self.name}/trials"]
+        tree = with_overrides(data, sets)
         if "model.width" in sampled:
-            cfg = dataclasses.replace(cfg, model=with_width(cfg.model, int(sampled["model.width"])))
-            validate(cfg)
-        return cfg
+            model = build(ModelConfig, tree.get("model") or {}, "model")
+            tree["model"] = dataclasses.asdict(with_width(model, int(sampled["model.width"])))
+        return launch_from_dict(tree, base_dir=base_dir, source=self.base)
+
+    def trial_config(self, sampled: dict[str, Any]) -> Config:
+        """The run a trial computes (trial_launch's run)."""
+        return self.trial_launch(sampled).run
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the space's values (continuous domains contribute their two ends)."""
@@ -100,58 +144,32 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         raise ConfigError(f"sweep file not found: {p}")
     raw = read_yaml(Path(p)) or {}
     if not isinstance(raw, dict):
-        raise _fail(p, f"expected a mapping of sweep keys, got {type(raw).__name__}")
+        raise _fail(p, f"expected a mapping of sweep keys, got {shown(raw)}")
     for text in sets:  # --set applies to the sweep's fixed overrides
         key, value = parse_override(text)
         raw.setdefault("overrides", {})[key] = value
-    unknown = sorted(set(raw) - TOP_KEYS, key=str)
-    if unknown:
-        raise _fail(p, f"unknown key(s) {', '.join(map(str, unknown[:8]))}; allowed: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("name", "base", "space"):
-        if key not in raw:
-            raise _fail(p, f"missing '{key}'")
-    base_path = Path(str(raw["base"])).expanduser()
+    for key in ("search", "scheduler", "overrides"):
+        raw[key] = raw.get(key) or {}
+    try:
+        f = build(SweepFile, raw)
+    except ConfigError as err:
+        raise _fail(p, str(err)) from None
+    base_path = Path(f.base).expanduser()
     if not base_path.is_file():
         raise _fail(p, f"base: experiment file {base_path} not found (paths are relative to the current directory)")
-    raw["base"] = str(base_path.resolve())  # trials run in their own directories
-    search, sched = raw.get("search") or {}, raw.get("scheduler") or {}
-    for key, section in (("search", search), ("scheduler", sched), ("overrides", raw.get("overrides") or {}),
-                         ("space", raw["space"])):
-        if not isinstance(section, dict):
-            raise _fail(p, f"{key}: expected a mapping, got {shown(section)}")
-
-    def typed(where: str, value: Any, tp: type) -> Any:  # the config's own typed parsing (finite numbers, ...)
-        try:
-            return coerce_value(where, value, tp)
-        except ConfigError as err:
-            raise _fail(p, str(err)) from None
-
     spec = SweepSpec(
-        name=typed("name", raw["name"], str), base=str(raw["base"]), overrides=dict(raw.get("overrides") or {}),
-        space=dict(raw["space"]), algorithm=typed("search.algorithm", search.get("algorithm", "grid"), str),
-        seed=typed("search.seed", search.get("seed", 0), int),
-        scheduler=typed("scheduler.type", sched.get("type", "none"), str),
-        grace_period=typed("scheduler.grace_period", sched.get("grace_period", 1), int),
-        reduction_factor=typed("scheduler.reduction_factor", sched.get("reduction_factor", 3), float),
-        metric=typed("metric", raw.get("metric", "train/loss_avg"), str),
-        mode=typed("mode", raw.get("mode", "min"), str),
-        num_samples=typed("num_samples", raw.get("num_samples", 1), int),
-        max_concurrent=typed("max_concurrent", raw.get("max_concurrent", 1), int),
-        trial_cpus=typed("trial_cpus", raw.get("trial_cpus", 1), float),
-        trial_gpus=typed("trial_gpus", raw.get("trial_gpus", 0), float),
-        trial_workers=typed("trial_workers", raw.get("trial_workers", 1), int), path=p)
+        name=f.name, base=str(base_path.resolve()),  # trials run in their own directories
+        overrides=f.overrides, space=f.space, algorithm=f.search.algorithm, seed=f.search.seed,
+        scheduler=f.scheduler.type, grace_period=f.scheduler.grace_period,
+        reduction_factor=f.scheduler.reduction_factor, metric=f.metric, mode=f.mode, num_samples=f.num_samples,
+        max_concurrent=f.max_concurrent, trial_cpus=f.trial_cpus, trial_gpus=f.trial_gpus,
+        trial_workers=f.trial_workers, path=p)
     _check(spec)
     return spec
 
 
 def _check(spec: SweepSpec) -> None:
     p = spec.path
-    if spec.algorithm not in ALGORITHMS:
-        raise _fail(p, f"search.algorithm: got {spec.algorithm!r}, expected one of {', '.join(ALGORITHMS)}")
-    if spec.scheduler not in SCHEDULERS:
-        raise _fail(p, f"scheduler.type: got {spec.scheduler!r}, expected one of {', '.join(SCHEDULERS)}")
-    if spec.mode not in ("min", "max"):
-        raise _fail(p, f"mode: got {spec.mode!r}, expected min or max")
     for key, value in (("num_samples", spec.num_samples), ("max_concurrent", spec.max_concurrent),
                        ("trial_cpus", spec.trial_cpus), ("trial_workers", spec.trial_workers),
                        ("scheduler.grace_period", spec.grace_period)):
@@ -177,21 +195,16 @@ def _check(spec: SweepSpec) -> None:
         if key == "optim.lr" and any(v <= 0 for v in domain_values(dom)):
             raise _fail(p, f"space.optim.lr: learning rates must be > 0, got {values}")
     try:
-        base = load_config(spec.base, spec.override_list())
+        base = spec.trial_config({})
     except ConfigError as err:
-        raise _fail(p, f"base/overrides: {err}") from None
+        raise _fail(p, f"base/overrides: {spec.base}: {err}") from None
     for point in spec.points():  # each trial's config must be valid: unknown keys, widths off the head rule, ...
         try:
             spec.trial_config(point)
         except ConfigError as err:
-            shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
-            raise _fail(p, f"space point ({shown}): {err}") from None
+            where = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+            raise _fail(p, f"space point ({where}): {err}") from None
     if spec.scheduler == "asha":
         steps = total_steps(base) if base.train.total_steps or base.data.num_train_examples else math.inf
         if spec.grace_period >= steps:
             raise _fail(p, f"scheduler.grace_period: {spec.grace_period} steps is not below the trials' {steps}")
-
-
-def with_trial_settings(cfg: Config, out_dir: str) -> Config:
-    """A trial's own out_dir; checkpoints resume through Tune, so train.resume is off."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=out_dir, resume=False))

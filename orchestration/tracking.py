@@ -3,6 +3,7 @@ RunLogger that rank 0 uses to record params, tags, metrics and artifacts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -12,13 +13,18 @@ from typing import Any
 
 import requests
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mupvit.config import Config, ConfigError, flatten
+from mupvit.config import ConfigError, flatten
 from mupvit.logger import RunLogger
 from mupvit.results import PAPER_TAG, paper_acc1
+from orchestration.launch_config import Launch, TrackingConfig
 
 RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
+# The run as it resolved, typed (JSON): {"config": the run's config, "launch": cluster and tracking sections (runs
+# of orchestration.train), "derived": model shape, steps, epochs, devices, ... (mupvit.train.run_info)}.
+RESOLVED_ARTIFACT = "resolved.json"
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 # MLflow's INFO lines ("Creating initial MLflow database tables...") are not the run's progress: warnings only on
@@ -43,9 +49,9 @@ def resolve_uri(given: str | None, base_dir: Path, source: str = "tracking.uri")
     return uri
 
 
-def tracking_uri(cfg: Config, base_dir: Path) -> str:
+def tracking_uri(tracking: TrackingConfig, base_dir: Path) -> str:
     """The store of a run: tracking.uri resolved by `resolve_uri`."""
-    return resolve_uri(cfg.tracking.uri, base_dir)
+    return resolve_uri(tracking.uri, base_dir)
 
 
 def check_store_shared(uri: str, nodes: int) -> None:
@@ -95,16 +101,17 @@ def git_state(repo: Path) -> tuple[str, bool | None]:
         return os.environ.get("MUPVIT_GIT_COMMIT", "unknown"), None
 
 
-def run_tags(cfg: Config, run_key: str, repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(launch: Launch, run_key: str, repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     commit, dirty = git_state(repo)
+    cfg, c = launch.run, launch.cluster
     tags = {
         RUN_KEY_TAG: run_key, "git_commit": commit, "git_dirty": str(dirty).lower(),
         "dataset": cfg.data.dataset, "variant": str(cfg.model.variant), "parametrization": cfg.model.parametrization,
-        "head": cfg.model.head, "num_workers": str(cfg.cluster.num_workers), "devices": str(cfg.train.devices),
-        "use_gpu": str(cfg.cluster.use_gpu).lower(), **(extra or {}),
+        "head": cfg.model.head, "num_workers": str(c.num_workers), "devices": str(cfg.train.devices),
+        "use_gpu": str(c.use_gpu).lower(), **(extra or {}),
     }
-    if cfg.tracking.ablation:
-        tags["ablation"] = cfg.tracking.ablation
+    if launch.tracking.ablation:
+        tags["ablation"] = launch.tracking.ablation
     reference = paper_acc1(cfg)
     if reference is not None:
         tags[PAPER_TAG] = str(reference)
@@ -116,23 +123,24 @@ def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> Any | No
     return runs[0] if runs else None
 
 
-def open_run(client: MlflowClient, cfg: Config, run_key: str, repo: Path,
+def open_run(client: MlflowClient, launch: Launch, run_key: str, repo: Path,
              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """The MLflow run of `run_key`: found by its tag (a resubmission) or created with params and tags.
+    """The MLflow run of `run_key`: found by its tag (a resubmission) or created with params and tags. The params
+    are the experiment's dotted keys as text (for the UI's search); the typed record is RESOLVED_ARTIFACT.
     Returns (run_id, status before this call: "NEW", "FINISHED", "FAILED", ...)."""
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    experiment = client.get_experiment_by_name(launch.tracking.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        cfg.tracking.experiment, artifact_location=artifact_location(client.tracking_uri))
+        launch.tracking.experiment, artifact_location=artifact_location(client.tracking_uri))
     existing = find_run(client, experiment_id, run_key)
     if existing is not None:
         if existing.info.status != "FINISHED":
             client.update_run(existing.info.run_id, status="RUNNING")
         return existing.info.run_id, existing.info.status
-    tags = run_tags(cfg, run_key, repo, extra_tags)
+    tags = run_tags(launch, run_key, repo, extra_tags)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_key, tags=tags)
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg.to_dict()).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(launch.to_dict()).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=params[i:i + 100])
     return run.info.run_id, "NEW"
@@ -142,8 +150,9 @@ class MlflowLogger(RunLogger):
     """Rank 0's logger: every metric keyed by optimiser step, results and final numbers, config and console log
     as artifacts. Talks to the run by id (no global active run), so it works in any Ray worker process."""
 
-    def __init__(self, uri: str, run_id: str, console_log: Path | None = None, flush_every_s: float = 10.0) -> None:
-        self.client, self.run_id, self.console_log = MlflowClient(uri), run_id, console_log
+    def __init__(self, uri: str, run_id: str, console_log: Path | None = None, flush_every_s: float = 10.0,
+                 launch: dict[str, Any] | None = None) -> None:
+        self.client, self.run_id, self.console_log, self.launch = MlflowClient(uri), run_id, console_log, launch
         # Metrics are sent in batches (a SQLite write per logged step would cost more than a small model's step);
         # every checkpoint flushes, and a resumed run re-logs whatever it lost after its checkpoint.
         self.flush_every_s, self.pending, self.last_flush = flush_every_s, [], time.monotonic()
@@ -154,6 +163,8 @@ class MlflowLogger(RunLogger):
         tags = [RunTag("total_steps", str(info["total_steps"])), RunTag("train_images", str(info["train_images"]))]
         self.client.log_batch(self.run_id, tags=tags)
         self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        resolved = {"config": config, "launch": self.launch, "derived": info}
+        self.client.log_text(self.run_id, json.dumps(resolved, indent=1), RESOLVED_ARTIFACT)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
@@ -177,3 +188,11 @@ class MlflowLogger(RunLogger):
         self.flush()
         if self.console_log is not None and self.console_log.exists():
             self.client.log_artifact(self.run_id, str(self.console_log))
+
+
+def read_resolved(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """A run's RESOLVED_ARTIFACT; None for a run that has none (it never started training, or predates it)."""
+    try:
+        return json.loads(Path(client.download_artifacts(run_id, RESOLVED_ARTIFACT)).read_text())
+    except (OSError, ValueError, MlflowException):
+        return None

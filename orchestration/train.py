@@ -5,16 +5,15 @@
 
 Order of work, so that a bad request costs seconds and leaves nothing behind: config -> tracking store reachable
 -> Ray cluster can hold the workers -> dataset readable on a worker -> MLflow run (found again on resubmission)
--> TorchTrainer.fit(). The run name is deterministic (config file stem + config hash, or tracking.run_name), so
-running the same command after a crash resumes from the latest checkpoint in cluster.storage_path.
+-> TorchTrainer.fit(). The run name is deterministic (config file stem + the run's fingerprint, which changes only
+with settings that change the optimisation; or tracking.run_name), so running the same command after a crash, or
+after changing a resumable setting such as data.root or train.log_every, resumes from the latest checkpoint in
+cluster.storage_path.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,11 +24,12 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mupvit.config import ClusterConfig, Config, ConfigError, add_set_argument, load_config, validate
+from mupvit.config import ConfigError, add_set_argument, check_budget, run_fingerprint
 from mupvit.data import DataError, build_splits
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
+from orchestration.launch_config import ClusterConfig, Launch, load_launch
 from orchestration.local_cluster import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -37,7 +37,6 @@ from orchestration.worker import train_loop
 REPO = Path(__file__).resolve().parent.parent
 # Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
 INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
-LAUNCH_KEYS = ("cluster.", "tracking.", "train.out_dir", "train.resume", "data.num_workers")
 REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers
 
 
@@ -45,34 +44,9 @@ def log(text: str) -> None:
     print(f"orchestration: {text}", file=sys.stderr, flush=True)
 
 
-def prepare(cfg: Config, base_dir: Path) -> Config:
-    """Launch-time settings: workers = devices, absolute storage path, and checks that need no cluster."""
-    c = cfg.cluster
-    storage = c.storage_path if "://" in c.storage_path else str((base_dir / c.storage_path).resolve())
-    if "://" not in storage:
-        check_writable(Path(storage), "cluster.storage_path")
-    if c.fail_at_step is not None and "://" in storage:
-        raise ConfigError("cluster.fail_at_step: needs a local cluster.storage_path (it keeps a one-shot marker)")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=c.num_workers),
-                              cluster=dataclasses.replace(c, storage_path=storage))
-    validate(cfg)
-    return cfg
-
-
-def run_name(cfg: Config, config_path: str) -> str:
-    """tracking.run_name, else <config stem>-<hash of everything that changes the optimisation>."""
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
-    flat = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    tree = json.loads(flat)
-    for key in LAUNCH_KEYS:
-        section, _, leaf = key.rstrip(".").partition(".")
-        if leaf:
-            tree[section].pop(leaf, None)
-        else:
-            tree.pop(section, None)
-    digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{Path(config_path).stem}-{digest}"
+def run_name(launch: Launch) -> str:
+    """tracking.run_name, else <config stem>-<fingerprint of every setting that changes the optimisation>."""
+    return launch.tracking.run_name or f"{Path(launch.source).stem}-{run_fingerprint(launch.run)}"
 
 
 @ray.remote
@@ -84,47 +58,47 @@ def _probe_data(config: dict[str, Any]) -> int:
     return len(build_splits(cfg)[cfg.data.train_split])
 
 
-def check_data_on_worker(cfg: Config) -> int:
-    options = {"num_cpus": cfg.cluster.cpus_per_worker}
-    if cfg.cluster.use_gpu:
-        options["num_gpus"] = cfg.cluster.gpus_per_worker
+def check_data_on_worker(launch: Launch) -> int:
+    c = launch.cluster
+    options = {"num_cpus": c.cpus_per_worker, **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {})}
     try:
-        return ray.get(_probe_data.options(**options).remote(cfg.to_dict()))
+        return ray.get(_probe_data.options(**options).remote(launch.run.to_dict()))
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else err
         raise DataError(f"on a worker node: {cause}") from None
 
 
-def launch(cfg: Config, config_path: str, base_dir: Path) -> dict[str, Any]:
-    """Everything after the config parsed: checks, MLflow run, Ray Train fit. Returns the summary."""
-    cfg = prepare(cfg, base_dir)
-    uri = tracking_uri(cfg, base_dir)
+def launch(launch: Launch, base_dir: Path) -> dict[str, Any]:
+    """Everything after the config was read: checks, MLflow run, Ray Train fit. Returns the summary."""
+    c = launch.cluster
+    if "://" not in c.storage_path:
+        check_writable(Path(c.storage_path), "cluster.storage_path")
+    uri = tracking_uri(launch.tracking, base_dir)
     check_reachable(uri)
-    log(f"connecting: {connect(cfg)}")
+    log(f"connecting: {connect(c)}")
     interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
     # FAILED, and a crash dump of Ray's threads)
-    check_capacity(cfg)
+    check_capacity(c)
     check_store_shared(uri, node_count())
-    num_train = check_data_on_worker(cfg)
-    validate(cfg, num_train=num_train)
-    name = run_name(cfg, config_path)
-    if "://" in cfg.cluster.storage_path:
-        return record(cfg, name, uri)
-    with FolderLock(Path(cfg.cluster.storage_path) / name, f"run {name}"):  # one driver per run, across jobs
-        return record(cfg, name, uri)
+    check_budget(launch.run, check_data_on_worker(launch))
+    name = run_name(launch)
+    if "://" in c.storage_path:
+        return record(launch, name, uri)
+    with FolderLock(Path(c.storage_path) / name, f"run {name}"):  # one driver per run, across jobs
+        return record(launch, name, uri)
 
 
-def record(cfg: Config, name: str, uri: str) -> dict[str, Any]:
+def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
     """The MLflow run of `name` (found again on resubmission) around TorchTrainer.fit(); returns the summary."""
     client = MlflowClient(uri)
-    run_id, before = open_run(client, cfg, name, REPO)
+    run_id, before = open_run(client, launch, name, REPO)
     if before == "FINISHED":
         log(f"run {name} already finished (MLflow run {run_id}); nothing to do")
         return {"run_name": name, "mlflow_run_id": run_id, "already_finished": True, "tracking_uri": uri}
     log(f"run {name}: MLflow run {run_id} ({'new' if before == 'NEW' else 'resumed, was ' + before}) in {uri}")
     try:
-        wait_for_free_resources(cfg, log)
-        result = fit(cfg, name, run_id, uri)
+        wait_for_free_resources(launch.cluster, log)
+        result = fit(launch, name, run_id, uri)
     except (KeyboardInterrupt, SystemExit) as stop:  # stopped by the user, not failed: SIGTERM (our handler) or
         # Ctrl-C, which Ray Train's own SIGINT handler turns into an abort of its workers and then a SystemExit
         client.set_terminated(run_id, "KILLED")
@@ -149,13 +123,14 @@ def set_ray_train_timings(c: ClusterConfig) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_INTERVAL_S)
 
 
-def fit(cfg: Config, name: str, run_id: str, uri: str, sweep: dict[str, Any] | None = None) -> Any:
+def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] | None = None) -> Any:
     """TorchTrainer.fit() of the run `name`. Inside a sweep trial (`sweep`: report_every, metric, mode) its
     workers' reports also reach Tune, so ASHA sees them."""
-    c = cfg.cluster
+    c = launch.cluster
     run_dir = Path(c.storage_path) / name if "://" not in c.storage_path else Path.home() / ".cache/mupvit" / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop_config = {"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri, "run_dir": str(run_dir)}
+    loop_config = {"config": launch.run.to_dict(), "launch": launch.sections(), "run_id": run_id,
+                   "tracking_uri": uri, "run_dir": str(run_dir), "fail_at_step": c.fail_at_step}
     callbacks = []
     if sweep is not None:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -199,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        summary = launch(cfg, args.config, Path.cwd())
+        summary = launch(load_launch(args.config, args.overrides, Path.cwd()), Path.cwd())
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

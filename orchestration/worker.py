@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import ray.train
 import ray.train.torch
 
-from mupvit.config import config_from_dict
+from mupvit.config import Config, config_from_dict
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
@@ -149,36 +149,49 @@ class Tee:
             s.flush()
 
 
-def train_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train's train_loop_per_worker: resume from Ray's latest checkpoint, else start, and train. A sweep
-    trial's workers (loop_config["sweep"]: report_every, metric, mode) report more often and record divergence."""
-    quiet_ray_console()
-    cfg = config_from_dict(loop_config["config"])
-    sweep = loop_config.get("sweep")
-    rank = ray.train.get_context().get_world_rank()
-    run_dir = Path(loop_config["run_dir"])
-    local = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(local), resume=False))
-    resume_from = fetch_checkpoint(ray.train.get_checkpoint(), local)
-    tracker = MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], run_dir / "console.log") \
-        if rank == 0 else None
-    reporter = RayReporter(ray.train, every=sweep["report_every"] if sweep else 0,
-                           before_report=tracker.flush if tracker else lambda: None,
-                           notes={"mlflow_run_id": loop_config["run_id"]})  # the run this checkpoint belongs to
-    loggers: list[RunLogger] = [reporter]
-    console = None
-    if rank == 0:
-        console = (run_dir / "console.log").open("a")
-        loggers = [ConsoleLogger(Tee(sys.stderr, console)), tracker, reporter]
-        if cfg.cluster.fail_at_step is not None:
-            loggers.append(FailOnce(cfg.cluster.fail_at_step, run_dir / "injected_failure.done"))
+def in_scratch(cfg: Config, folder: Path) -> Config:
+    """`cfg` writing its checkpoints to `folder`: a worker's scratch on its own disk. Ray persists and restores the
+    checkpoints, so train.resume is off (nothing of an earlier attempt is in a new scratch folder)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(folder), resume=False))
+
+
+def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None = None,
+                   sweep: dict[str, Any] | None = None, loggers: list[RunLogger] = (),
+                   after: list[RunLogger] = (), notes: dict[str, str] | None = None, device: Any = None) -> None:
+    """The body of every run that Ray runs (a Train worker, a one-worker sweep trial): train in a scratch folder,
+    resuming from Ray's checkpoint when there is one, with `loggers`, a RayReporter through `api` (ray.train or
+    ray.tune) and then `after`; a sweep trial (`sweep`: report_every, metric, mode) reports more often and records
+    divergence as a result. The scratch folder is removed however the run ends."""
+    scratch = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
+    reporter = RayReporter(api, every=sweep["report_every"] if sweep else 0,
+                           before_report=tracker.flush if tracker else lambda: None, notes=notes)
     try:
-        run(cfg, MultiLogger(*loggers), device=ray.train.torch.get_device(), resume_from=resume_from)
+        run(in_scratch(cfg, scratch), MultiLogger(*loggers, reporter, *after), device=device,
+            resume_from=fetch_checkpoint(api.get_checkpoint(), scratch))
     except TrainingDiverged as err:
         if not sweep:
             raise
         record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
     finally:
-        if console is not None:
-            console.close()
-        shutil.rmtree(local, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: resume from Ray's latest checkpoint, else start, and train. Rank 0 also
+    records the run in MLflow and writes the console log; a sweep trial's workers (loop_config["sweep"]) report
+    more often and record divergence."""
+    quiet_ray_console()
+    cfg = config_from_dict(loop_config["config"])
+    common = {"sweep": loop_config.get("sweep"), "device": ray.train.torch.get_device(),
+              "notes": {"mlflow_run_id": loop_config["run_id"]}}  # the run a checkpoint belongs to
+    if ray.train.get_context().get_world_rank() != 0:
+        train_reported(cfg, ray.train, **common)
+        return
+    run_dir = Path(loop_config["run_dir"])
+    tracker = MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], run_dir / "console.log",
+                           launch=loop_config.get("launch"))
+    fail_at = loop_config.get("fail_at_step")
+    after = [FailOnce(fail_at, run_dir / "injected_failure.done")] if fail_at is not None else []
+    with (run_dir / "console.log").open("a") as console:
+        train_reported(cfg, ray.train, tracker=tracker, loggers=[ConsoleLogger(Tee(sys.stderr, console)), tracker],
+                       after=after, **common)

@@ -7,10 +7,13 @@ import os
 import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mupvit.config import Config, config_from_dict
+from mupvit.config import Config, config_from_dict, with_overrides
 from mupvit.logger import RunLogger
+
+if TYPE_CHECKING:
+    from orchestration.launch_config import Launch
 
 
 class QuietLogger(RunLogger):
@@ -26,8 +29,11 @@ class QuietLogger(RunLogger):
         self.events.append(("checkpoint", (step, path)))
 
 
-def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
-    """A seconds-long run on the digits demo: 16x16 input, one block, 8 steps of batch 32."""
+def tiny_experiment(digits_root: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A seconds-long run on the digits demo as an experiment file's mapping: 16x16 input, one block, 8 steps of
+    batch 32; `overrides` (dotted keys) may set the launcher's sections too. Validated as orchestration reads it."""
+    from orchestration.launch_config import launch_from_dict
+
     data = {
         "data": {"dataset": "digits", "root": str(digits_root), "image_size": 16, "eval_resize": 16,
                  "crop_area": [0.5, 1.0], "flip": False, "num_workers": 0, "eval_batch_size": 400},
@@ -37,7 +43,21 @@ def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
         "train": {"total_steps": 8, "epochs": None, "batch_size": 32, "log_every": 2, "eval_every": 4,
                   "eval_at_epochs": [], "ckpt_every": 4, "keep_ckpts": 3, "out_dir": str(out_dir)},
     }
-    return config_from_dict(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    tree = with_overrides(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    launch_from_dict(tree)
+    return tree
+
+
+def tiny_launch(digits_root: Path, out_dir: Path, **overrides: Any) -> Launch:
+    """The run of `tiny_experiment` and its launch, resolved as orchestration.train resolves them."""
+    from orchestration.launch_config import launch_from_dict
+
+    return launch_from_dict(tiny_experiment(digits_root, out_dir, **overrides), source="tiny.yaml")
+
+
+def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
+    """The run of `tiny_experiment` (its launcher sections left out)."""
+    return config_from_dict(tiny_experiment(digits_root, out_dir, **overrides))
 
 
 def worker_port_bases() -> tuple[int, ...]:

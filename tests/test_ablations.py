@@ -10,6 +10,7 @@ import pytest
 
 from mupvit.config import flatten, load_config
 from mupvit.results import paper_acc1
+from orchestration.launch_config import load_launch
 
 FOLDER = Path(__file__).resolve().parent.parent / "experiments" / "ablations"
 RECIPE = "recipe_90ep.yaml"
@@ -28,7 +29,8 @@ BOOKKEEPING = {"tracking.ablation", "train.out_dir"}
 
 
 def load_flat(name: str) -> dict[str, Any]:
-    return flatten(load_config(FOLDER / name).to_dict())
+    """The whole experiment (run and launch sections), flat."""
+    return flatten(load_launch(FOLDER / name).to_dict())
 
 
 def test_the_folder_holds_exactly_the_listed_ablations():
@@ -45,7 +47,7 @@ def test_each_file_changes_exactly_its_intended_keys(name):
 
 def test_the_recipe_is_the_paper_default_in_its_own_experiment():
     recipe = load_flat(RECIPE)
-    reference = flatten(load_config(FOLDER.parent / "vit_s16_i1k_90ep_mlp_head.yaml").to_dict())
+    reference = flatten(load_launch(FOLDER.parent / "vit_s16_i1k_90ep_mlp_head.yaml").to_dict())
     differing = {key for key in recipe if recipe[key] != reference[key]}
     assert differing == {"tracking.experiment", "tracking.ablation", "train.out_dir"}
     assert paper_acc1(load_config(FOLDER / RECIPE)) == 76.5
@@ -53,12 +55,12 @@ def test_the_recipe_is_the_paper_default_in_its_own_experiment():
 
 
 def test_tracking_sections_and_output_folders_are_distinct():
-    configs = {name: load_config(FOLDER / name) for name in INTENDED}
+    configs = {name: load_launch(FOLDER / name) for name in INTENDED}
     assert {c.tracking.experiment for c in configs.values()} == {"vit_s16_i1k_ablations"}
     assert all(c.tracking.ablation for c in configs.values())
-    keys = [(c.tracking.ablation, c.train.epochs) for c in configs.values()]
+    keys = [(c.tracking.ablation, c.run.train.epochs) for c in configs.values()]
     assert len(set(keys)) == len(keys), keys  # one (ablation, epochs) cell of the report per file
     assert {c.tracking.ablation for c in configs.values()} == {
         "recipe", "head_linear", "pool_cls", "posemb_learned", "no_randaug_mixup", "batch_4096"}
-    out_dirs = [c.train.out_dir for c in configs.values()]
+    out_dirs = [c.run.train.out_dir for c in configs.values()]
     assert len(set(out_dirs)) == len(out_dirs)

@@ -14,12 +14,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
-from mupvit.config import load_config
 from orchestration import campaign
+from orchestration.launch_config import load_launch
 from orchestration.tracking import open_run
-from orchestration.train import REPO, prepare, run_name
+from orchestration.train import REPO, run_name
 
-from .helpers import tiny_config
+from .helpers import tiny_experiment
 
 
 def write_configs(folder: Path, digits_root: Path, storage: Path, ablations: dict[str, dict]) -> None:
@@ -28,8 +28,8 @@ def write_configs(folder: Path, digits_root: Path, storage: Path, ablations: dic
     for ablation, overrides in ablations.items():
         settings = {"tracking.ablation": ablation, "tracking.experiment": "campaign_test",
                     "cluster.cpus_per_worker": 1, "cluster.storage_path": str(storage), **overrides}
-        cfg = tiny_config(digits_root, storage.parent / "runs" / ablation, **settings)
-        (folder / f"{ablation}.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        experiment = tiny_experiment(digits_root, storage.parent / "runs" / ablation, **settings)
+        (folder / f"{ablation}.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
 
 
 def silent_port() -> socket.socket:
@@ -65,8 +65,8 @@ def test_the_plan_skips_a_finished_run_and_submits_the_others(digits_root, tmp_p
     recorded = {}
     for name, status in (("done", "FINISHED"), ("crashed", "FAILED")):
         path = folder / f"{name}.yaml"
-        cfg = prepare(load_config(path), tmp_path)  # the run name orchestration.train would record
-        run_id, _ = open_run(client, cfg, run_name(cfg, str(path)), REPO)
+        launch = load_launch(path, base_dir=tmp_path)  # the run name orchestration.train would record
+        run_id, _ = open_run(client, launch, run_name(launch), REPO)
         client.set_terminated(run_id, status)
         recorded[name] = run_id
     entries = {e.config.name: e for e in campaign.load_campaign(folder, [], tmp_path)}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mupvit.config import ConfigError, load_config
+from mupvit.config import LAUNCHER_SECTIONS, ConfigError, load_config
+from orchestration.launch_config import load_launch
 from orchestration.sweep_spec import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,17 +23,32 @@ def test_every_shipped_experiment_is_recorded():
     assert shipped == sorted(RECORDED)
 
 
+def as_resolved(recorded: dict) -> dict:
+    """A recorded experiment as it resolves for orchestration today: one device per worker, the storage path
+    absolute (the two values launch resolution derives, orchestration.launch_config)."""
+    out = json.loads(json.dumps(recorded))
+    out["train"]["devices"] = out["cluster"]["num_workers"]
+    if "://" not in out["cluster"]["storage_path"]:
+        out["cluster"]["storage_path"] = str((REPO / out["cluster"]["storage_path"]).resolve())
+    return out
+
+
+def run_part(recorded: dict) -> dict:
+    return {k: v for k, v in recorded.items() if k not in LAUNCHER_SECTIONS}
+
+
 @pytest.mark.parametrize("path", sorted(p for p in RECORDED if "/sweeps/" not in p))
 def test_resolved_config_is_unchanged(path):
-    assert load_config(REPO / path).to_dict() == RECORDED[path]
+    assert load_config(REPO / path).to_dict() == run_part(RECORDED[path])
+    assert load_launch(REPO / path, base_dir=REPO).to_dict() == as_resolved(RECORDED[path])
 
 
 @pytest.mark.parametrize("path", sorted(p for p in RECORDED if "/sweeps/" in p))
 def test_sweep_base_and_first_trial_are_unchanged(path, monkeypatch):
     monkeypatch.chdir(REPO)  # sweep files name their base relative to the repository
     spec = load_sweep(path)
-    assert load_config(spec.base, spec.override_list()).to_dict() == RECORDED[path]["base"]
-    assert spec.trial_config(spec.points()[0]).to_dict() == RECORDED[path]["first_trial"]
+    assert spec.trial_launch({}, REPO).to_dict() == as_resolved(RECORDED[path]["base"])
+    assert spec.trial_launch(spec.points()[0], REPO).to_dict() == as_resolved(RECORDED[path]["first_trial"])
 
 
 def test_the_ablations_are_diffs_of_the_recipe():

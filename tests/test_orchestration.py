@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestration.local_cluster import BIN, cluster_env
+from orchestration.tracking import RESOLVED_ARTIFACT, read_resolved
 
-from .helpers import tiny_config
+from .helpers import tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 20
@@ -32,10 +34,10 @@ def write_config(folder: Path, digits_root: Path, **overrides) -> Path:
     """The tiny digits run as a YAML experiment file: no MixUp (so data parallel is exactly equivalent)."""
     settings = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "train.ckpt_every": 4,
                 "data.mixup_alpha": 0.0, "cluster.cpus_per_worker": 1, "tracking.experiment": "test", **overrides}
-    cfg = tiny_config(digits_root, folder / "unused", **settings)
+    experiment = tiny_experiment(digits_root, folder / "unused", **settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
     return path
 
 
@@ -117,8 +119,21 @@ def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_roo
     # 0.1 epochs of 1,368 images at batch 32 is step round(4.275) = 4.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "acc1_at_0.1ep")] == [4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "console.log"} <= artifacts
+    assert {"config.yaml", "console.log", RESOLVED_ARTIFACT} <= artifacts
+    resolved = read_resolved(client, run.info.run_id)  # typed, derived values included
+    assert resolved["config"]["optim"]["lr"] == 0.002 and resolved["config"]["data"]["eval_splits"] == ["val"]
+    assert resolved["launch"]["cluster"]["num_workers"] == 1
+    derived = resolved["derived"]
+    assert (derived["width"], derived["num_heads"], derived["mlp_dim"], derived["depth"]) == (32, 2, 64, 1)
+    assert derived["total_steps"] == 8 and derived["devices"] == 1 and derived["train_images"] == 1368
+    assert derived["epochs"] == pytest.approx(8 * 32 / 1368)
     assert json.loads(summary_path.read_text())["mlflow_run_id"] == run.info.run_id
+    # Submitted again after the data moved to another disk and with other logging: the same run, already finished.
+    moved = tmp_path / "moved_digits"
+    shutil.copytree(digits_root, moved)
+    again = summary_of(orchestrate(tmp_path, config, ray_env, f"data.root={moved}", "train.log_every=1",
+                                   f"cluster.storage_path={tmp_path / 'ray_results'}"))
+    assert again["already_finished"] and again["mlflow_run_id"] == run.info.run_id
 
 
 def test_paper_reference_tag_for_the_headline_recipe():

@@ -8,41 +8,45 @@ from pathlib import Path
 
 import pytest
 
-from mupvit.config import ConfigError, load_config
+from mupvit.config import ConfigError
 from orchestration.cluster import ClusterError, check_capacity
+from orchestration.launch_config import Launch, load_launch
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, tracking_uri
-from orchestration.train import prepare, run_name, set_ray_train_timings
+from orchestration.train import run_name, set_ray_train_timings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "experiments/demo_digits.yaml"
 
 
-def demo(*sets: str):
-    return load_config(DEMO, list(sets))
+def demo(*sets: str, base_dir: Path = REPO) -> Launch:
+    return load_launch(DEMO, list(sets), base_dir)
 
 
 def node(cpus: float, gpus: float = 0.0, alive: bool = True) -> dict:
     return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
 
 
-def test_run_name_is_deterministic_and_ignores_launch_settings():
-    name = run_name(demo(), str(DEMO))
-    assert name.startswith("demo_digits-") and name == run_name(demo(), str(DEMO))
-    for launch in ("cluster.num_workers=2", "tracking.experiment=x", "train.out_dir=/elsewhere",
-                   "data.num_workers=0", "cluster.storage_path=/shared"):
-        assert run_name(demo(launch), str(DEMO)) == name, launch
-    assert run_name(demo("optim.lr=1e-3"), str(DEMO)) != name
-    assert run_name(demo("tracking.run_name=mine"), str(DEMO)) == "mine"
+def test_run_name_is_deterministic_and_ignores_launch_and_resumable_settings():
+    name = run_name(demo())
+    assert name.startswith("demo_digits-") and name == run_name(demo())
+    for launch in ("tracking.experiment=x", "train.out_dir=/elsewhere", "data.num_workers=0",
+                   "cluster.storage_path=/shared", "data.root=/moved", "train.log_every=7", "train.compile=true"):
+        assert run_name(demo(launch)) == name, launch
+    assert run_name(demo("optim.lr=1e-3")) != name
+    # more workers: more devices, a run of its own (its checkpoints are refused by the other, see test_run_identity)
+    assert run_name(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1")) != name
+    assert run_name(demo("tracking.run_name=mine")) == "mine"
 
 
 def test_tracking_uri_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(demo(), tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_uri(demo().tracking, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking_uri(demo(), tmp_path) == "http://127.0.0.1:5000"
-    assert tracking_uri(demo("tracking.uri=sqlite:///x/m.db"), tmp_path) == f"sqlite:///{tmp_path / 'x/m.db'}"
+    assert tracking_uri(demo().tracking, tmp_path) == "http://127.0.0.1:5000"
+    given = demo("tracking.uri=sqlite:///x/m.db").tracking
+    assert tracking_uri(given, tmp_path) == f"sqlite:///{tmp_path / 'x/m.db'}"
     with pytest.raises(ConfigError, match="tracking.uri: 'mlruns' is a file path"):
-        tracking_uri(demo("tracking.uri=mlruns"), tmp_path)
+        tracking_uri(demo("tracking.uri=mlruns").tracking, tmp_path)
 
 
 def test_unreachable_stores_fail_in_seconds(tmp_path):
@@ -70,23 +74,23 @@ def test_local_store_refused_on_a_multi_node_cluster():
 ])
 def test_unsatisfiable_requests_fail_with_what_is_missing(sets, nodes, message):
     with pytest.raises(ClusterError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_capacity(demo(*sets), nodes)
+        check_capacity(demo(*sets).cluster, nodes)
 
 
 def test_satisfiable_requests_pass():
-    check_capacity(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1"), [node(1), node(1)])
-    check_capacity(demo("cluster.use_gpu=true", "cluster.num_workers=8", "cluster.cpus_per_worker=8"),
+    check_capacity(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1").cluster, [node(1), node(1)])
+    check_capacity(demo("cluster.use_gpu=true", "cluster.num_workers=8", "cluster.cpus_per_worker=8").cluster,
                    [node(64, gpus=8)])
 
 
-def test_prepare_sets_devices_and_absolute_storage(tmp_path):
-    cfg = prepare(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1"), tmp_path)
-    assert cfg.train.devices == 2 and cfg.cluster.storage_path == str(tmp_path / "ray_results")
-    assert prepare(demo("cluster.storage_path=s3://b/p"), tmp_path).cluster.storage_path == "s3://b/p"
+def test_resolution_sets_devices_and_absolute_storage(tmp_path):
+    launch = demo("cluster.num_workers=2", "cluster.cpus_per_worker=1", base_dir=tmp_path)
+    assert launch.run.train.devices == 2 and launch.cluster.storage_path == str(tmp_path / "ray_results")
+    assert demo("cluster.storage_path=s3://b/p").cluster.storage_path == "s3://b/p"
     with pytest.raises(ConfigError, match="train.batch_size: 128 is not divisible by train.devices"):
-        prepare(demo("cluster.num_workers=3"), tmp_path)
+        demo("cluster.num_workers=3")
     with pytest.raises(ConfigError, match="cluster.fail_at_step: needs a local"):
-        prepare(demo("cluster.fail_at_step=3", "cluster.storage_path=s3://b/p"), tmp_path)
+        demo("cluster.fail_at_step=3", "cluster.storage_path=s3://b/p")
 
 
 def test_bad_cluster_values_fail_in_config_validation():

@@ -5,6 +5,7 @@ HTML page with valid figures, and exit 2 with a clear message on bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import subprocess
 import sys
@@ -24,10 +25,12 @@ from mupvit.coord_check import coord_check
 from mupvit.coord_results import write_csv
 from mupvit.results import LOSS_WINDOW, PAPER_TAG
 from mupvit.train import TrainingDiverged, run
+from orchestration.launch_config import Launch
 from orchestration.sweep_results import TRIAL_COLUMNS, best_lr_table
-from orchestration.sweep_spec import load_sweep, with_trial_settings
+from orchestration.sweep_spec import load_sweep
 from orchestration.tracking import MlflowLogger, open_run
-from tests.helpers import tiny_config
+from orchestration.worker import in_scratch
+from tests.helpers import tiny_config, tiny_experiment, tiny_launch
 
 REPO = Path(__file__).resolve().parent.parent
 # Ablation runs train on 1% of the digits train split (one image a class), so 90 and 150 epochs take ~60-100 steps.
@@ -37,12 +40,14 @@ EPOCH_BUDGET = {"train.total_steps": None, "train.eval_every": None, "train.ckpt
                 "data.randaug_layers": 0, "data.mixup_alpha": 0}
 
 
-def record(uri: str, cfg, run_key: str, parent: str | None = None, tags: dict[str, str] | None = None) -> str:
-    """One real training run recorded in MLflow; a diverged one is tagged and FAILED, as a sweep trial is."""
+def record(uri: str, launch: Launch, run_key: str, parent: str | None = None,
+           tags: dict[str, str] | None = None) -> str:
+    """One real training run recorded in MLflow as orchestration records it (params, tags, the resolved record);
+    a diverged one is tagged and FAILED, as a sweep trial is."""
     client = MlflowClient(uri)
-    run_id, _ = open_run(client, cfg, run_key, REPO, parent_run_id=parent, extra_tags=tags)
+    run_id, _ = open_run(client, launch, run_key, REPO, parent_run_id=parent, extra_tags=tags)
     try:
-        run(cfg, MlflowLogger(uri, run_id))
+        run(launch.run, MlflowLogger(uri, run_id, launch=launch.sections()))
     except TrainingDiverged as err:
         client.set_tag(run_id, "diverged", str(err))
         client.set_terminated(run_id, "FAILED")
@@ -53,7 +58,7 @@ def record(uri: str, cfg, run_key: str, parent: str | None = None, tags: dict[st
 
 def write_sweep(folder: Path, digits_root: Path) -> Path:
     base = folder / "base.yaml"
-    base.write_text(tiny_config(digits_root, folder / "base").to_yaml())
+    base.write_text(yaml.safe_dump(tiny_experiment(digits_root, folder / "base")))
     sweep = {"name": "tiny_transfer", "base": str(base),
              "overrides": {"train.log_every": 1, "train.eval_every": None, "data.eval_splits": [],
                            "model.base_width": 32, "data.randaug_layers": 0, "data.mixup_alpha": 0,
@@ -73,7 +78,7 @@ def store(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
     ids = {}
 
     def cfg(name: str, **sets):
-        return tiny_config(digits_root, folder / name, **sets)
+        return tiny_launch(digits_root, folder / name, **sets)
 
     for batch in (32, 64):
         ids[f"bs{batch}"] = record(uri, cfg(f"bs{batch}", **EPOCH_BUDGET, **{
@@ -89,13 +94,14 @@ def store(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
 
     spec = load_sweep(write_sweep(folder, digits_root))
     client = MlflowClient(uri)
-    base = spec.trial_config(spec.points()[0])
+    base = spec.trial_launch(spec.points()[0])
     parent, _ = open_run(client, base, f"sweep:{spec.name}", REPO,
                          extra_tags={"sweep": spec.name, "sweep_role": "parent"})
     client.log_artifact(parent, spec.path)
     points = [*spec.points(), {"model.parametrization": "sp", "model.width": 64, "optim.lr": 2.0 ** 126}]
     for i, point in enumerate(points):
-        trial = with_trial_settings(spec.trial_config(point), str(folder / f"trial{i}"))
+        trial = spec.trial_launch(point)
+        trial = dataclasses.replace(trial, run=in_scratch(trial.run, folder / f"trial{i}"))
         record(uri, trial, f"{spec.name}/t{i}", parent, {"sweep": spec.name, "trial_id": f"t{i}"})
     client.set_terminated(parent, "FINISHED")
     ids["parent"] = parent

@@ -19,7 +19,7 @@ from mupvit.config import ConfigError
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
-from .helpers import tiny_config
+from .helpers import tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16
@@ -27,10 +27,10 @@ STEPS = 16
 
 def write_sweep(folder: Path, digits_root: Path, **fields) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_config(digits_root, folder / "unused", **{
+    experiment = tiny_experiment(digits_root, folder / "unused", **{
         "train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": None, "data.eval_splits": [],
         "train.ckpt_every": 4, "data.mixup_alpha": 0.0, "tracking.experiment": "sweeps", "model.base_width": 32})
-    (folder / "base.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (folder / "base.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
     sweep = {"name": "tiny", "base": str(folder / "base.yaml"),
              "space": {"model.width": {"grid": [32, 64]}, "optim.lr": {"log2_grid": [-8, 1]},
                        "model.parametrization": {"choice": ["mup"]}},

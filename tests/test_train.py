@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -26,7 +27,14 @@ def test_exact_resume_matches_straight_run(digits_root, tmp_path):
     cfg_b = tiny_config(digits_root, tmp_path / "b")
     half = run(cfg_b, QuietLogger(), stop_at_step=4)
     assert half["steps"] == 4 and not half["finished"]
-    resumed = run(cfg_b, QuietLogger())
+    # Resumable settings change on the way (the data moved to another disk, other logging): the run goes on.
+    moved = tmp_path / "moved"
+    shutil.copytree(digits_root, moved)
+    cfg_b = tiny_config(digits_root, tmp_path / "b", **{"data.root": str(moved), "train.log_every": 1})
+    logger = QuietLogger()
+    resumed = run(cfg_b, logger)
+    logged = [step for kind, (step, values) in logger.events if kind == "metrics" and "train/loss" in values]
+    assert logged == [5, 6, 7, 8]  # from the checkpoint of step 4 on, every step
     assert resumed["finished"] and resumed["steps"] == straight["steps"] == 8
     a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     for name, tensor in a["model"].items():

@@ -1,0 +1,102 @@
+"""Where and how a run is launched and recorded: the `cluster` and `tracking` sections of an experiment file, read
+with the same schema as the run's own config (mupvit.config), and resolved once per process into a `Launch`:
+the run's Config with its derived values set (train.devices = cluster.num_workers) and the storage path made
+absolute."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mupvit.config import LAUNCHER_SECTIONS, Config, config_from_dict, with_overrides
+from mupvit.config_yaml import chain_text, read_experiment
+from mupvit.errors import ConfigError, shown
+from mupvit.schema import build, check_signs
+
+
+@dataclass
+class ClusterConfig:
+    """Where `python -m orchestration.train` runs the loop (Ray Train)."""
+
+    address: str | None = None  # Ray cluster address; else $RAY_ADDRESS; else a local Ray on this machine
+    num_workers: int = 1  # data-parallel workers (sets train.devices)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used with use_gpu
+    # Ray Train storage for checkpoints: a local folder (relative to the submit directory), a path every node
+    # shares, or a bucket URI (s3://, gs://).
+    storage_path: str = "ray_results"
+    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
+    keep_checkpoints: int = 2
+    resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
+    fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking for orchestration runs."""
+
+    uri: str | None = None  # else $MLFLOW_TRACKING_URI; else sqlite:///<submit dir>/mlflow.db
+    experiment: str = "mupvit"
+    run_name: str | None = None  # also the Ray Train run name; default <config file stem>-<run fingerprint>
+    ablation: str | None = None  # the paper ablation this run belongs to (tag for the report)
+
+
+@dataclass
+class LaunchSections:
+    """The launcher's sections of an experiment file (mupvit.config.LAUNCHER_SECTIONS)."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One run and its launch, resolved: `run` is what the workers compute, the rest where and how."""
+
+    run: Config
+    cluster: ClusterConfig
+    tracking: TrackingConfig
+    source: str  # the experiment file (its stem names the run)
+
+    def sections(self) -> dict[str, Any]:
+        """The launcher's sections as plain data."""
+        return {"cluster": dataclasses.asdict(self.cluster), "tracking": dataclasses.asdict(self.tracking)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole experiment as one mapping, as its file is laid out."""
+        return {**self.run.to_dict(), **self.sections()}
+
+
+_POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step")
+_NON_NEGATIVE = ("max_failures", "resource_wait_s")
+
+
+def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: Path = Path("."),
+                     source: str = "") -> Launch:
+    """The Launch of an experiment tree with `--set` overrides, derived values set and validated once."""
+    tree = with_overrides(data, overrides)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {shown(tree)}")
+    sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
+    c = sections.cluster
+    check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
+    if "://" not in c.storage_path:
+        c = dataclasses.replace(c, storage_path=str((base_dir / c.storage_path).expanduser().resolve()))
+    elif c.fail_at_step is not None:
+        raise ConfigError("cluster.fail_at_step: needs a local cluster.storage_path (it keeps a one-shot marker)")
+    train = tree.get("train")
+    if train is None or isinstance(train, dict):  # a bad section is named by the run's own schema
+        tree["train"] = {**(train or {}), "devices": c.num_workers}  # one device per data-parallel worker
+    return Launch(config_from_dict(tree), c, sections.tracking, source)
+
+
+def load_launch(path: str | Path, overrides: list[str] = (), base_dir: Path = Path(".")) -> Launch:
+    """Read an experiment file (and its `base:` chain) for orchestration: the run and its launch, resolved."""
+    data, chain = read_experiment(Path(path))
+    try:
+        return launch_from_dict(data, overrides, base_dir, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{chain_text(chain)}: {err}") from err
