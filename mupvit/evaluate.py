@@ -31,16 +31,38 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (logits.topk(k, dim=-1).indices == labels[:, None]).any(dim=-1).sum()
 
 
+def real_counts(logits: torch.Tensor, indices: torch.Tensor, real_labels: torch.Tensor) -> torch.Tensor:
+    """ImageNet-ReaL counts of one batch, as float64 [correct, scored, seen]: an image is correct when its top-1
+    class is in its label set (row indices[i] of `real_labels`, padded with -1), and scored only when that set is
+    not empty, as big_vision's classification evaluator masks by labels.max(axis=1)."""
+    sets = real_labels[indices]
+    correct = (sets == logits.argmax(dim=-1, keepdim=True)).any(dim=-1).sum()  # a -1 pad never equals a class
+    scored = (sets[:, 0] >= 0).sum()  # sets are left-aligned: the first entry is -1 only for an empty set
+    return torch.stack([correct, scored, indices.new_tensor(len(indices))]).double()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32",
-             fixed_shape: bool = False) -> dict[str, float]:
+             fixed_shape: bool = False, real_labels: torch.Tensor | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 over every batch. `fixed_shape` (for a torch.compile'd model) pads a smaller last batch
-    to the first one's size and drops the padding's logits, so the model sees one input shape and compiles once."""
+    to the first one's size and drops the padding's logits, so the model sees one input shape and compiles once.
+
+    With `real_labels` (mupvit.data.real_labels.load_real_labels: the split's (N, K) label sets) the batches'
+    labels must be sample indices (eval_loader(..., index_labels=True)), and the result is ImageNet-ReaL top-1:
+    {"acc1": correct / images, "images": images}, `images` counting the images with a non-empty label set, the
+    only ones scored. Sharded evaluation sums every rank's counts, as for the plain metrics."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, count
+    sets = None if real_labels is None else real_labels.to(device)
+    # loss sum, top-1, top-5, count; or for ReaL: correct, scored, seen
+    totals = torch.zeros(4 if sets is None else 3, dtype=torch.float64, device=device)
     full = None
     for images, labels in batches:
+        if sets is not None and len(labels) and (labels.min() < 0 or labels.max() >= len(sets)):
+            # caught here, on the loader's CPU tensor: on CUDA an index out of range is an opaque device assert
+            raise ValueError(f"evaluate: labels {int(labels.min())}..{int(labels.max())} are not indices into the "
+                             f"{len(sets)} ReaL label sets; build the loader with eval_loader(..., index_labels=True) "
+                             "over the split the sets were loaded for")
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         full = full or len(labels)
         if fixed_shape and len(labels) < full:
@@ -48,6 +70,9 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precisio
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images)
         logits = logits[:len(labels)].float()
+        if sets is not None:
+            totals += real_counts(logits, labels, sets)
+            continue
         totals += torch.stack([
             F.cross_entropy(logits, labels, reduction="sum").double(),
             topk_correct(logits, labels, 1).double(),
@@ -57,9 +82,15 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precisio
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():  # each rank saw its shard of the split
         dist.all_reduce(totals)
-    loss, top1, top5, count = totals.tolist()
-    if count == 0:
+    values = totals.tolist()
+    if values[-1] == 0:
         raise ValueError("evaluate: the split yielded no batches")
+    if sets is not None:
+        correct, scored, _ = values
+        if scored == 0:
+            raise ValueError("evaluate: no image of the split has a ReaL label (every label set is empty)")
+        return {"acc1": correct / scored, "images": int(scored)}
+    loss, top1, top5, count = values
     return {"acc1": top1 / count, "acc5": top5 / count, "loss": loss / count}
 
 

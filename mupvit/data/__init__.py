@@ -99,10 +99,13 @@ def device_augment(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.
     return functools.partial(augment_batch, randaugment=_randaugment(cfg.data))
 
 
-def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
-    """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded."""
+def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1,
+                index_labels: bool = False) -> DataLoader:
+    """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded. With
+    `index_labels` each label is the image's index in split.samples (for `evaluate(..., real_labels=...)`)."""
     d = cfg.data
-    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method), decoder(cfg))
+    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method), decoder(cfg),
+                          index_labels)
     return DataLoader(
         dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world)),
         batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),

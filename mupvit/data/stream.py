@@ -98,12 +98,18 @@ class StreamBatchSampler(Sampler[list[int]]):
 
 
 class EvalDataset(Dataset):
-    def __init__(self, split: Split, transform: Callable, decode: Callable = decode_image) -> None:
+    """Item i is (image, label) of split.samples[i]; with `index_labels`, (image, i): the sample's index, which an
+    evaluator with per-image label sets (ImageNet-ReaL) looks up, and which a Subset shard keeps, since a Subset
+    passes its dataset the original index."""
+
+    def __init__(self, split: Split, transform: Callable, decode: Callable = decode_image,
+                 index_labels: bool = False) -> None:
         self.split, self.transform, self.decode = split, transform, decode
+        self.index_labels = index_labels
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.split.samples[index]
-        return self.transform(self.decode(path)), label
+        return self.transform(self.decode(path)), index if self.index_labels else label
