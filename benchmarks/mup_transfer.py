@@ -26,7 +26,7 @@ from mupvit.train import TrainingDiverged, run
 
 # The probe of the µP issue: shallow, no weight decay, no MixUp (so the loss is the plain training loss).
 DEFAULT_SETS = ["model.depth=2", "train.batch_size=128", "optim.weight_decay=0", "data.mixup_alpha=0",
-                "train.eval_every=null", "data.eval_splits=[]", "train.eval_at_epochs=[]", "train.log_every=1",
+                "train.eval_every=null", "evals={}", "train.eval_at_epochs=[]", "train.log_every=1",
                 "train.ckpt_every=null", "train.epochs=null"]
 
 

@@ -1,10 +1,10 @@
 """The runs of an MLflow store as one tidy pandas DataFrame (one row per run; `params.*`, `tags.*`, `metrics.*`
-columns as `mlflow.search_runs` names them), their metric histories, and small readers for the values the
-report needs (width, eval split, N-epoch-equivalent results)."""
+columns as `mlflow.search_runs` names them, and `resolved`: the run's typed record of what its config resolved
+to), their metric histories, and small readers for the values the report needs (width, headline evaluator,
+N-epoch-equivalent results)."""
 
 from __future__ import annotations
 
-import ast
 import math
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mupvit.config import ConfigError
-from mupvit.models.shapes import variant_width
+from mupvit.config import Config, ConfigError, build_config
 from mupvit.results import result_epochs
-from orchestration.tracking import TrackingError, check_reachable, resolve_uri
+from orchestration.tracking import TrackingError, check_reachable, read_resolved, resolve_uri
 
 
 class ReportError(Exception):
@@ -83,7 +82,7 @@ def _search(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
 def fetch_runs(client: MlflowClient, experiments: list[str] | None = None,
                run_ids: list[str] | None = None) -> pd.DataFrame:
     """Runs of the named experiments (default: all); with `run_ids`, only those runs and the trials of any sweep
-    parent among them. Adds columns run_id, experiment, run_name, status, start_time, parent_run_id, role."""
+    parent among them. Adds columns run_id, experiment, run_name, status, start_time, parent_run_id, role, resolved."""
     known = {e.name: e.experiment_id for e in client.search_experiments()}
     if experiments:
         unknown = [name for name in experiments if name not in known]
@@ -104,7 +103,9 @@ def fetch_runs(client: MlflowClient, experiments: list[str] | None = None,
                               f"{', '.join(sorted(chosen))} of {client.tracking_uri}")
         wanted = set(run_ids)
         frame = frame[frame["run_id"].isin(wanted) | frame["parent_run_id"].isin(wanted & parents)]
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame["resolved"] = [read_resolved(client, run_id) for run_id in frame["run_id"]]
+    return frame
 
 
 class Histories:
@@ -144,20 +145,27 @@ def text(value: Any) -> str:
     return "" if value is None or value == "None" or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
+def resolved_config(row: pd.Series) -> Config | None:
+    """The run's config as it resolved (RESOLVED_ARTIFACT, typed); None for a run without the record."""
+    record = row.get("resolved")
+    return build_config(record["config"]) if isinstance(record, dict) else None
+
+
+def derived(row: pd.Series, key: str) -> Any:
+    """A value the run's config resolved to (width, total_steps, epochs, devices, ...); None without the record."""
+    record = row.get("resolved")
+    return record["derived"].get(key) if isinstance(record, dict) else None
+
+
 def model_width(row: pd.Series) -> int | None:
-    """model.width, or the variant's width when it is None (S/16 -> 384)."""
-    width = number(row.get("params.model.width"))
-    return int(width) if width is not None else variant_width(text(row.get("params.model.variant")))
+    """The model's width as the run resolved it (a variant's, or an explicit one)."""
+    return derived(row, "width")
 
 
 def eval_split(row: pd.Series) -> str | None:
-    """The first of data.eval_splits (the split behind acc1_at_<N>ep), or None when the run evaluated nothing."""
-    raw = text(row.get("params.data.eval_splits"))
-    try:
-        splits = ast.literal_eval(raw) if raw else []
-    except (ValueError, SyntaxError):
-        return None
-    return str(splits[0]) if splits else None
+    """The run's headline evaluator (the one behind acc1_at_<N>ep), or None when it evaluated nothing."""
+    cfg = resolved_config(row)
+    return cfg.headline() if cfg is not None else None
 
 
 def epoch_results(row: pd.Series) -> dict[float, str]:

@@ -26,7 +26,10 @@ import yaml
 from mupvit.config_yaml import chain_text, parse_yaml, read_experiment, yaml_error
 from mupvit.errors import ConfigError, shown
 from mupvit.models.shapes import check_model
-from mupvit.schema import build, check_signs, resumable, resumable_keys
+from mupvit.schema import build, check_signs, matches, resumable, resumable_keys
+
+# The held-out split names (mupvit/data/minival.py makes them from data.minival_from).
+MINIVAL, TRAIN_MINUS_MINIVAL = "minival", "train_minus_minival"
 
 
 @dataclass
@@ -36,11 +39,10 @@ class DataConfig:
     dataset: Literal["digits", "imagefolder", "imagenet"] = "imagefolder"
     root: str = resumable("")  # where the data lives, not what it is
     train_split: str = "train"
-    eval_splits: list[str] = field(default_factory=lambda: ["val"])
     # Declared train-set size; when set, it must match the data (lets epochs -> steps resolve early).
     num_train_examples: int | None = None
     image_size: int = 224
-    eval_resize: int = 256  # shorter side before the central crop
+    eval_resize: int = 256  # shorter side before the central crop (every evaluator's default)
     # Inception crop: `tf` = tf.image.sample_distorted_bounding_box (big_vision), `torchvision` = RandomResizedCrop.
     crop: Literal["tf", "torchvision"] = "tf"
     crop_area: list[float] = field(default_factory=lambda: [0.05, 1.0])
@@ -148,11 +150,36 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """One evaluator, as big_vision's config.evals.<name> declares one: what data, which resize, how often, and
+    whether it is the headline (the evaluator behind acc1_at_<N>ep). Unset values are the data section's."""
+
+    split: str = "val"  # a split of `root` (of data.root: also minival / train_minus_minival)
+    # Another dataset root (e.g. ImageNet-v2's) and its layout; default data.root in data.dataset's layout.
+    root: str | None = resumable(None)
+    layout: Literal["imagefolder", "imagenet", "imagenet_v2"] | None = None
+    # ImageNet-ReaL: the public real.json (per val image, in file-name order, the list of correct labels); the
+    # evaluator then reports top-1 against those sets over the images whose set is not empty.
+    real_labels: str | None = resumable(None)
+    resize: int | None = None  # shorter side before the central crop; default data.eval_resize
+    resize_method: Literal["tf_area", "torchvision_bilinear"] | None = None  # default data.eval_resize_method
+    every: int | None = resumable(None)  # steps between evaluations; default train.eval_every
+    headline: bool = False  # at most one; none marked: the first evaluator is the headline
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # name -> evaluator; metrics are logged as <name>/acc1, <name>/acc5, <name>/loss
+    evals: dict[str, EvalConfig] = field(default_factory=lambda: {"val": EvalConfig(headline=True)})
+
+    def headline(self) -> str | None:
+        """The evaluator behind acc1_at_<N>ep: the one marked headline, else the first; None without evaluators."""
+        marked = [name for name, e in self.evals.items() if e.headline]
+        return marked[0] if marked else next(iter(self.evals), None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,7 +226,7 @@ LAUNCHER_SECTIONS = ("cluster", "tracking")
 
 def with_overrides(data: dict[str, Any], overrides: list[str] = ()) -> dict[str, Any]:
     """A deep copy of an experiment's tree with `--set` overrides applied."""
-    tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy through plain YAML types
+    tree = yaml.safe_load(yaml.safe_dump(data or {}, sort_keys=False))  # deep copy through plain YAML types, in order
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
@@ -246,7 +273,7 @@ def optimisation_settings(tree: dict[str, Any]) -> dict[str, Any]:
     """The dotted settings of a run config's mapping that change the optimisation (sections outside the run's,
     such as the launch sections of checkpoints written by older versions, are left out)."""
     sections = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in flatten(tree).items() if k not in RESUMABLE_KEYS and k.split(".")[0] in sections}
+    return {k: v for k, v in flatten(tree).items() if not matches(k, RESUMABLE_KEYS) and k.split(".")[0] in sections}
 
 
 def run_fingerprint(cfg: Config) -> str:
@@ -301,7 +328,7 @@ _NON_NEGATIVE = ("train.seed", "data.minival_seed", "optim.weight_decay", "optim
                  "data.mixup_alpha")
 
 
-def _check_data(d: DataConfig, eval_every: int | None) -> None:
+def _check_data(d: DataConfig) -> None:
     if not 0 <= d.randaug_magnitude <= 10:
         raise ConfigError(f"data.randaug_magnitude: got {d.randaug_magnitude}, expected 0..10 (big_vision's max level)")
     if not 0.0 < d.minival_fraction < 1.0:
@@ -316,8 +343,27 @@ def _check_data(d: DataConfig, eval_every: int | None) -> None:
             raise ConfigError(f"{key}: got {pair}, expected [min, max] with {lo} < min <= max <= {hi}")
     if d.dataset != "digits" and not d.root:
         raise ConfigError(f"data.root: required for dataset '{d.dataset}' (the folder holding the splits)")
-    if not d.eval_splits and eval_every:
-        raise ConfigError("data.eval_splits: empty, but train.eval_every is set; name a split or set eval_every: null")
+
+
+def _check_evals(cfg: Config) -> None:
+    if not cfg.evals and cfg.train.eval_every:
+        raise ConfigError("evals: empty, but train.eval_every is set; declare an evaluator or set eval_every: null")
+    marked = [name for name, e in cfg.evals.items() if e.headline]
+    if len(marked) > 1:
+        raise ConfigError(f"evals: {', '.join(marked)} are all marked headline; mark one")
+    for name, e in cfg.evals.items():
+        key = f"evals.{name}"
+        check_signs(e, ("resize", "every"), prefix=f"{key}.")
+        if e.resize is not None and e.resize < cfg.data.image_size:
+            raise ConfigError(f"{key}.resize: {e.resize} must be >= data.image_size={cfg.data.image_size}")
+        if e.root is None and e.layout is not None:
+            raise ConfigError(f"{key}.layout: {e.layout!r} describes {key}.root, which is not set; set the root "
+                              "or drop the layout (the data section's dataset applies)")
+        if e.layout == "imagenet_v2" and e.real_labels:
+            raise ConfigError(f"{key}.real_labels: ReaL labels belong to ImageNet's val split, not to ImageNet-v2")
+        if e.root is not None and e.split in (MINIVAL, TRAIN_MINUS_MINIVAL):
+            raise ConfigError(f"{key}.split: {e.split!r} is held out of data.root's {cfg.data.minival_from!r} "
+                              f"split; it has no meaning under {key}.root")
 
 
 def _check_numbers(cfg: Config) -> None:
@@ -362,7 +408,8 @@ def validate(cfg: Config) -> None:
     """Check cross-field constraints, as far as they are known before the data is read."""
     _check_numbers(cfg)
     check_model(cfg.model, cfg.data.image_size)
-    _check_data(cfg.data, cfg.train.eval_every)
+    _check_data(cfg.data)
+    _check_evals(cfg)
     _check_budget(cfg, None)
 
 

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mupvit.config import ConfigError, add_set_argument, load_config
-from mupvit.data import DataError, build_splits, eval_loader
+from mupvit.data import DataError, build_splits, eval_loader, eval_sets
 from mupvit.device import resolve_device
 from mupvit.models.registry import build_model
 from mupvit.models.weights import load_weights
-from mupvit.results import add_summary_argument, emit_summary
+from mupvit.results import add_summary_argument, describe_eval, emit_summary
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, precisio
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mupvit.evaluate CONFIG --checkpoint PATH: the config's eval pipeline over its eval splits with the
+    """python -m mupvit.evaluate CONFIG --checkpoint PATH: every evaluator of the config (`evals`) with the
     weights of PATH (a mupvit .pt, a big_vision .npz or a timm-layout .safetensors); top-1/top-5 per split, then
     the JSON summary line."""
     parser = argparse.ArgumentParser(prog="python -m mupvit.evaluate", description=main.__doc__)
@@ -106,20 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        if not cfg.data.eval_splits:
-            raise ConfigError("data.eval_splits: empty; name the splits to evaluate, e.g. "
-                              "--set 'data.eval_splits=[val]'")
+        if not cfg.evals:
+            raise ConfigError("evals: empty; declare the evaluators to run, e.g. --set 'evals={val: {split: val}}'")
         device = resolve_device(cfg.train.device)
         model = build_model(cfg)
         layout = load_weights(model, cfg, args.checkpoint)
-        splits = build_splits(cfg)
+        sets = eval_sets(cfg, build_splits(cfg))
         model.to(device)
         summary: dict = {"checkpoint": args.checkpoint, "layout": layout}
-        for name in cfg.data.eval_splits:
-            loader = eval_loader(cfg, splits[name], pin_memory=device.type == "cuda")
-            summary[name] = evaluate(model, loader, device, cfg.train.precision)
-            print(f"{name}: top-1 {100 * summary[name]['acc1']:.2f}%  top-5 {100 * summary[name]['acc5']:.2f}%  "
-                  f"loss {summary[name]['loss']:.4f}  ({len(splits[name])} images)", file=sys.stderr)
+        for name, e in sets.items():
+            loader = eval_loader(cfg, e.split, device.type == "cuda", index_labels=e.real_labels is not None,
+                                 evaluator=e.config)
+            summary[name] = evaluate(model, loader, device, cfg.train.precision, real_labels=e.real_labels)
+            print(f"{name}: {describe_eval(summary[name])}  ({len(e.split)} images)", file=sys.stderr)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from mupvit.results import describe_eval
+
 
 class RunLogger:
     """Base class: every hook is optional. `step` is the number of completed optimiser steps."""
@@ -87,8 +89,7 @@ class ConsoleLogger(RunLogger):
         self._print(f"[step {step}] checkpoint {path}")
 
     def end(self, summary: dict[str, Any]) -> None:
-        for split, res in summary.get("eval", {}).items():
-            self._print(f"final {split}: top-1 {100 * res['acc1']:.2f}%  top-5 {100 * res['acc5']:.2f}%  "
-                        f"loss {res['loss']:.4f}")
+        for name, res in summary.get("eval", {}).items():
+            self._print(f"final {name}: {describe_eval(res)}")
         self._print(f"{summary['steps']} steps in {summary['wall_s']:.1f} s ({summary['images_per_s']:.0f} img/s)"
                     + (f", {summary['skipped_images']} bad image(s) skipped" if summary.get("skipped_images") else ""))

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mupvit.config import Config
+from mupvit.config import Config, flatten
+from mupvit.models.shapes import model_shape
 
 # The paper's ImageNet-1k val top-1 (%) by (ablation, epochs): only the numbers ../shared/RECIPE.md records;
 # 300 epochs is the abstract's "~80".
@@ -70,19 +71,27 @@ def paper_acc1(cfg: Config) -> float | None:
     return PAPER_TOP1["recipe" if m.head == "mlp" else "head_linear", PAPER_EPOCHS]
 
 
-def departures(params: dict[str, str]) -> list[str]:
-    """Where a run (its MLflow params: dotted config keys, values as text) departs from the paper's recipe, e.g.
-    ["gelu=exact", "crop=torchvision", "train 100% instead of 99%"]. Keys the run did not record are skipped."""
+def departures(cfg: Config) -> list[str]:
+    """Where a run's config departs from the paper's recipe, e.g. ["gelu=exact", "crop=torchvision",
+    "train 100% instead of 99%"]."""
+    settings = flatten(cfg.to_dict())
     out = []
     for key, paper in PAPER_RECIPE.items():
-        value = params.get(key)
-        if value is None or value == str(paper):
-            continue
-        out.append(_DEPARTURE_TEXT.get((key, value), f"{key.split('.', 1)[1]}={value}"))
-    width = params.get("model.width")
-    if params.get("model.variant") == "S/16" and width not in (None, "None", "384"):
+        value = settings[key]
+        if value != paper:
+            out.append(_DEPARTURE_TEXT.get((key, value), f"{key.split('.', 1)[1]}={value}"))
+    width = model_shape(cfg.model).width
+    if cfg.model.variant == "S/16" and width != 384:
         out.append(f"width={width}")
     return out
+
+
+def describe_eval(values: dict[str, float]) -> str:
+    """One evaluator's result as text: top-1, and top-5 and loss where the evaluator has them (ReaL has not)."""
+    parts = [f"top-1 {100 * values['acc1']:.2f}%"]
+    if "acc5" in values:
+        parts += [f"top-5 {100 * values['acc5']:.2f}%", f"loss {values['loss']:.4f}"]
+    return "  ".join(parts)
 
 
 def add_summary_argument(parser: argparse.ArgumentParser) -> None:

@@ -128,19 +128,29 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
 
 
 def leaf_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
-    """(dotted key, field, type) of every leaf of a nested dataclass type, in declaration order."""
+    """(dotted key, field, type) of every leaf of a nested dataclass type, in declaration order; the entries of a
+    mapping of names to dataclasses stand as `*` (evals.*.every)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from leaf_fields(hints[f.name], f"{key}.")
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from leaf_fields(tp, f"{key}.")
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            yield from leaf_fields(typing.get_args(tp)[1], f"{key}.*.")
         else:
-            yield key, f, hints[f.name]
+            yield key, f, tp
 
 
 def resumable_keys(cls: type) -> frozenset[str]:
-    """The dotted keys of `cls` declared `resumable`."""
+    """The dotted keys of `cls` declared `resumable` (patterns, where a mapping's entries stand as `*`)."""
     return frozenset(key for key, f, _ in leaf_fields(cls) if f.metadata.get(RESUMABLE))
+
+
+def matches(key: str, patterns: frozenset[str]) -> bool:
+    """Whether a dotted key is one of `patterns` (resumable_keys), a `*` standing for any one name."""
+    parts = key.split(".")
+    return any(len(p := pattern.split(".")) == len(parts) and all(a in ("*", b) for a, b in zip(p, parts, strict=True))
+               for pattern in patterns)
 
 
 def _dotted(obj: Any, key: str) -> Any:

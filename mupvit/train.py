@@ -33,7 +33,7 @@ from mupvit.config import (
     steps_for_epochs,
     total_steps,
 )
-from mupvit.data import DataError, build_splits, device_augment, eval_loader, train_loader
+from mupvit.data import DataError, EvalSet, build_splits, device_augment, eval_loader, eval_sets, train_loader
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.data.prefetch import DevicePrefetcher
@@ -96,15 +96,24 @@ def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor,
 
 
 def eval_points(cfg: Config, n_train: int, steps: int) -> dict[int, list[float]]:
-    """Step -> epoch-equivalents measured there; periodic evals and the final step map to []."""
+    """Step -> epoch-equivalents measured there; the periodic evals of every evaluator (its `every`, else
+    train.eval_every) and the final step map to []."""
     points: dict[int, list[float]] = {}
-    if cfg.train.eval_every:
-        for s in range(cfg.train.eval_every, steps + 1, cfg.train.eval_every):
+    for every in {e.every or cfg.train.eval_every for e in cfg.evals.values()} - {None}:
+        for s in range(every, steps + 1, every):
             points.setdefault(s, [])
     for ep in cfg.train.eval_at_epochs:
         points.setdefault(steps_for_epochs(ep, n_train, cfg.train.batch_size), []).append(ep)
     points.setdefault(steps, [])
     return points
+
+
+def evaluators_due(cfg: Config, step: int, steps: int, epochs: list[float]) -> list[str]:
+    """The evaluators that run at eval point `step`: all of them at an epoch-equivalent and at the final step,
+    else those whose cadence divides the step."""
+    if epochs or step == steps:
+        return list(cfg.evals)
+    return [name for name, e in cfg.evals.items() if (every := e.every or cfg.train.eval_every) and step % every == 0]
 
 
 def process_group() -> tuple[int, int]:
@@ -125,6 +134,7 @@ class RunState:
     model: ViT
     optimizer: BigVisionAdam
     splits: dict[str, Any]
+    evals: dict[str, EvalSet]
     steps: int
     points: dict[int, list[float]]
     out_dir: Path
@@ -150,8 +160,9 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
     steps = total_steps(cfg, num_train)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
-    state = RunState(cfg, device, rank, world, model, build_optimizer(model, cfg.optim, steps), splits, steps,
-                eval_points(cfg, num_train, steps), Path(t.out_dir).expanduser().resolve())
+    state = RunState(cfg, device, rank, world, model, build_optimizer(model, cfg.optim, steps), splits,
+                     eval_sets(cfg, splits), steps, eval_points(cfg, num_train, steps),
+                     Path(t.out_dir).expanduser().resolve())
     if resume_from:
         restore(state, Path(resume_from), load_checkpoint(resume_from, map_location=device))
     elif t.resume and (found := load_latest_valid(state.out_dir, device, warn)):
@@ -191,14 +202,16 @@ def save(state: RunState, step: int, logger: RunLogger) -> None:
     logger.checkpoint(step, state.last_ckpt)
 
 
-def evaluate_splits(state: RunState, step: int, eval_sets: dict[str, Any], forward: nn.Module) -> dict[str, float]:
-    """Every eval split at `step`, and the N-epoch-equivalent results scheduled there (first split's top-1)."""
+def run_evals(state: RunState, step: int, loaders: dict[str, Any], forward: nn.Module) -> dict[str, float]:
+    """The evaluators due at `step`, and the N-epoch-equivalent results scheduled there (the headline's top-1)."""
     values = {}
-    for name, loader in eval_sets.items():
-        state.last_eval[name] = evaluate(forward, loader, state.device, state.cfg.train.precision,
-                                         fixed_shape=state.cfg.train.compile)
+    for name in evaluators_due(state.cfg, step, state.steps, state.points[step]):
+        state.last_eval[name] = evaluate(forward, loaders[name], state.device, state.cfg.train.precision,
+                                         fixed_shape=state.cfg.train.compile,
+                                         real_labels=state.evals[name].real_labels)
         values.update({f"{name}/{k}": v for k, v in state.last_eval[name].items()})
-    primary = state.last_eval[state.cfg.data.eval_splits[0]]["acc1"] if eval_sets else None
+    headline = state.cfg.headline()
+    primary = state.last_eval[headline]["acc1"] if headline else None
     for ep in state.points[step]:
         state.results[result_name(ep)] = primary
         values[result_name(ep)] = primary
@@ -345,8 +358,8 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     forward, eval_forward = forwards(state)
     logger.start(cfg.to_dict(), run_info(state))
     pin = state.device.type == "cuda"
-    eval_sets = {name: eval_loader(cfg, state.splits[name], pin, state.rank, state.world)
-                 for name in cfg.data.eval_splits}
+    loaders = {name: eval_loader(cfg, e.split, pin, state.rank, state.world, e.real_labels is not None, e.config)
+               for name, e in state.evals.items()}
     batches = DevicePrefetcher(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank,
                                             state.world, pin_memory=pin), state.device, batch_mover(state.device))
     augment = device_augment(cfg)  # data.augment_on device: flip, RandAugment and scale here, on the whole batch
@@ -384,7 +397,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                 skipped_total, skipped = skipped_total + int(values["train/skipped_images"]), 0
             logger.metrics(done, values)
         if done in state.points:
-            logger.metrics(done, evaluate_splits(state, done, eval_sets, eval_forward))
+            logger.metrics(done, run_evals(state, done, loaders, eval_forward))
         if saving:
             save(state, done, logger)
     summary: dict[str, Any] = {

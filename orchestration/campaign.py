@@ -119,8 +119,9 @@ def recorded_run(entry: Entry) -> Run | None:
 
 
 def top1_of(run: Run, cfg: Config) -> float | None:
-    """The first eval split's final top-1 (a fraction), as orchestration.tracking records it."""
-    return run.data.metrics.get(f"final/{cfg.data.eval_splits[0]}/acc1") if cfg.data.eval_splits else None
+    """The headline evaluator's final top-1 (a fraction), as orchestration.tracking records it."""
+    headline = cfg.headline()
+    return run.data.metrics.get(f"final/{headline}/acc1") if headline else None
 
 
 def decide(entry: Entry, active: dict[str, str]) -> None:

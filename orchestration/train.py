@@ -25,7 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from mupvit.config import ConfigError, add_set_argument, check_budget, run_fingerprint
-from mupvit.data import DataError, build_splits
+from mupvit.data import DataError, build_splits, eval_sets
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
@@ -51,11 +51,13 @@ def run_name(launch: Launch) -> str:
 
 @ray.remote
 def _probe_data(config: dict[str, Any]) -> int:
-    """Runs where a worker would: the train split must be readable there."""
+    """Runs where a worker would: the train split and every evaluator's data must be readable there."""
     from mupvit.config import config_from_dict
 
     cfg = config_from_dict(config)
-    return len(build_splits(cfg)[cfg.data.train_split])
+    splits = build_splits(cfg)
+    eval_sets(cfg, splits)
+    return len(splits[cfg.data.train_split])
 
 
 def check_data_on_worker(launch: Launch) -> int:

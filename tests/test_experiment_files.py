@@ -5,12 +5,13 @@ deliberate change of a default or an experiment, whose fixture diff then shows e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from mupvit.config import LAUNCHER_SECTIONS, ConfigError, load_config
+from mupvit.config import LAUNCHER_SECTIONS, ConfigError, EvalConfig, load_config
 from orchestration.launch_config import load_launch
 from orchestration.sweep_spec import load_sweep
 
@@ -23,10 +24,20 @@ def test_every_shipped_experiment_is_recorded():
     assert shipped == sorted(RECORDED)
 
 
+def with_evals(recorded: dict) -> dict:
+    """A recorded experiment with its data.eval_splits written as the evaluators that replaced them: one per split,
+    named by it, the first the headline."""
+    out = json.loads(json.dumps(recorded))
+    splits = out["data"].pop("eval_splits")
+    out["evals"] = {name: {**dataclasses.asdict(EvalConfig()), "split": name, "headline": i == 0}
+                    for i, name in enumerate(splits)}
+    return out
+
+
 def as_resolved(recorded: dict) -> dict:
     """A recorded experiment as it resolves for orchestration today: one device per worker, the storage path
     absolute (the two values launch resolution derives, orchestration.launch_config)."""
-    out = json.loads(json.dumps(recorded))
+    out = with_evals(recorded)
     out["train"]["devices"] = out["cluster"]["num_workers"]
     if "://" not in out["cluster"]["storage_path"]:
         out["cluster"]["storage_path"] = str((REPO / out["cluster"]["storage_path"]).resolve())
@@ -39,7 +50,7 @@ def run_part(recorded: dict) -> dict:
 
 @pytest.mark.parametrize("path", sorted(p for p in RECORDED if "/sweeps/" not in p))
 def test_resolved_config_is_unchanged(path):
-    assert load_config(REPO / path).to_dict() == run_part(RECORDED[path])
+    assert load_config(REPO / path).to_dict() == run_part(with_evals(RECORDED[path]))
     assert load_launch(REPO / path, base_dir=REPO).to_dict() == as_resolved(RECORDED[path])
 
 

@@ -28,7 +28,7 @@ from .helpers import QuietLogger, tiny_config
 def trained(digits_root, tmp_path_factory):
     """A finished tiny run: (its config file, its checkpoint, the config)."""
     folder = tmp_path_factory.mktemp("trained")
-    cfg = tiny_config(digits_root, folder / "run", **{"data.eval_splits": ["val"]})
+    cfg = tiny_config(digits_root, folder / "run", **{"evals": {"val": {"split": "val"}}})
     summary = run(cfg, QuietLogger())
     config_file = folder / "tiny.yaml"
     config_file.write_text(cfg.to_yaml())

@@ -43,7 +43,7 @@ def test_deterministic_from_seed():
 
 def test_selectable_by_name_from_the_config(digits_root, tmp_path):
     cfg = tiny_config(digits_root, tmp_path, **{
-        "data.train_split": "train_minus_minival", "data.eval_splits": ["minival", "val"],
+        "data.train_split": "train_minus_minival", "evals": {"minival": {"split": "minival"}, "val": {"split": "val"}},
         "data.minival_fraction": 0.05,
     })
     splits = build_splits(cfg)

@@ -121,7 +121,7 @@ def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_roo
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "console.log", RESOLVED_ARTIFACT} <= artifacts
     resolved = read_resolved(client, run.info.run_id)  # typed, derived values included
-    assert resolved["config"]["optim"]["lr"] == 0.002 and resolved["config"]["data"]["eval_splits"] == ["val"]
+    assert resolved["config"]["optim"]["lr"] == 0.002 and resolved["config"]["evals"]["val"]["split"] == "val"
     assert resolved["launch"]["cluster"]["num_workers"] == 1
     derived = resolved["derived"]
     assert (derived["width"], derived["num_heads"], derived["mlp_dim"], derived["depth"]) == (32, 2, 64, 1)

@@ -60,7 +60,7 @@ def write_sweep(folder: Path, digits_root: Path) -> Path:
     base = folder / "base.yaml"
     base.write_text(yaml.safe_dump(tiny_experiment(digits_root, folder / "base")))
     sweep = {"name": "tiny_transfer", "base": str(base),
-             "overrides": {"train.log_every": 1, "train.eval_every": None, "data.eval_splits": [],
+             "overrides": {"train.log_every": 1, "train.eval_every": None, "evals": {},
                            "model.base_width": 32, "data.randaug_layers": 0, "data.mixup_alpha": 0,
                            "tracking.experiment": "sweep"},
              "space": {"model.parametrization": {"grid": ["sp", "mup"]}, "model.width": {"grid": [32, 64]},

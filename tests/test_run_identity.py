@@ -10,16 +10,18 @@ from typing import Any, Literal
 import pytest
 
 from mupvit.config import RESUMABLE_KEYS, Config, build_config, changed_settings, load_config, run_fingerprint
-from mupvit.schema import leaf_fields
+from mupvit.schema import leaf_fields, matches
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = load_config(REPO / "experiments" / "demo_digits.yaml")
-KEYS = [key for key, _, _ in leaf_fields(Config)]
+# Every leaf key, an evaluator's keys through the demo's "val" evaluator.
+FIELDS = {key.replace("*", "val"): tp for key, _, tp in leaf_fields(Config)}
 # The settings that may change without changing the optimisation: where the data lives, how often to log, evaluate
 # and save, how many files to keep, how many loader processes, compiling, the device, the output folder.
 EXPECTED_RESUMABLE = {
     "data.root", "data.num_workers", "data.eval_batch_size", "train.log_every", "train.eval_every",
     "train.ckpt_every", "train.keep_ckpts", "train.out_dir", "train.resume", "train.compile", "train.device",
+    "evals.*.root", "evals.*.real_labels", "evals.*.every",
 }
 
 
@@ -37,10 +39,20 @@ def another_value(tp: Any, value: Any) -> Any:
             str: lambda: f"{value or ''}x"}[tp]()
 
 
+def current(cfg: Config, key: str) -> Any:
+    node = cfg.to_dict()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def changed(cfg: Config, key: str, value: Any) -> Config:
     tree = cfg.to_dict()
-    section, name = key.split(".")
-    tree[section][name] = value
+    *path, name = key.split(".")
+    node = tree
+    for part in path:
+        node = node[part]
+    node[name] = value
     return build_config(tree)
 
 
@@ -48,14 +60,18 @@ def test_the_resumable_keys_are_the_declared_ones():
     assert set(RESUMABLE_KEYS) == EXPECTED_RESUMABLE
 
 
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("key", sorted(FIELDS))
 def test_every_key_either_keeps_the_name_and_resumes_or_changes_it_and_is_refused(key):
-    (tp,) = [tp for k, _, tp in leaf_fields(Config) if k == key]
-    section, name = key.split(".")
-    other = changed(DEMO, key, another_value(tp, getattr(getattr(DEMO, section), name)))
+    other = changed(DEMO, key, another_value(FIELDS[key], current(DEMO, key)))
     same_name = run_fingerprint(other) == run_fingerprint(DEMO)
     resumes = not changed_settings(DEMO.to_dict(), other)
-    assert same_name == resumes == (key in RESUMABLE_KEYS), (key, same_name, resumes)
+    assert same_name == resumes == matches(key, RESUMABLE_KEYS), (key, same_name, resumes)
+
+
+def test_an_added_evaluator_changes_the_name():
+    tree = DEMO.to_dict()
+    tree["evals"]["v2"] = {"split": "val"}
+    assert run_fingerprint(build_config(tree)) != run_fingerprint(DEMO)
 
 
 def test_a_checkpoint_written_with_launch_sections_resumes():

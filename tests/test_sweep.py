@@ -28,7 +28,7 @@ STEPS = 16
 def write_sweep(folder: Path, digits_root: Path, **fields) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     experiment = tiny_experiment(digits_root, folder / "unused", **{
-        "train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": None, "data.eval_splits": [],
+        "train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": None, "evals": {},
         "train.ckpt_every": 4, "data.mixup_alpha": 0.0, "tracking.experiment": "sweeps", "model.base_width": 32})
     (folder / "base.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
     sweep = {"name": "tiny", "base": str(folder / "base.yaml"),

@@ -96,7 +96,7 @@ def test_divergence_between_log_steps_names_the_interval_and_writes_no_diverged_
     # The loss is read at log, eval and checkpoint steps only: the error names the steps since the last read.
     cfg = tiny_config(digits_root, tmp_path, **{
         "optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": None, "train.log_every": 3,
-        "train.eval_every": None, "data.eval_splits": [], "train.ckpt_every": None,
+        "train.eval_every": None, "evals": {}, "train.ckpt_every": None,
     })
     with pytest.raises(TrainingDiverged, match=r"^loss became NaN or infinite between steps 1 and 3; "
                                                r"last good checkpoint: none\. Lower optim\.lr or raise "

@@ -4,33 +4,40 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mupvit.config import Config, DataConfig
+from mupvit.config import Config, DataConfig, EvalConfig
 from mupvit.data.batched_augment import augment_batch
-from mupvit.data.datasets import DataError, Split, load_splits
+from mupvit.data.datasets import DataError, Split, load_split, load_splits
 from mupvit.data.decode import decode_image
 from mupvit.data.digits import build_digits
 from mupvit.data.minival import MINIVAL, TRAIN_MINUS_MINIVAL, split_minival
 from mupvit.data.randaugment import RandAugment
+from mupvit.data.real_labels import load_real_labels
 from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset
 from mupvit.data.transforms import EvalTransform, TrainTransform
 
-__all__ = ["DataError", "Split", "build_splits", "train_loader", "device_augment", "eval_loader"]
+__all__ = ["DataError", "Split", "EvalSet", "build_splits", "eval_sets", "train_loader", "device_augment",
+           "eval_loader"]
+
+
+def data_root(cfg: Config) -> tuple[str | Path, str]:
+    """(root, layout) of data.root (building the demo data if asked)."""
+    d = cfg.data
+    if d.dataset == "digits":
+        return build_digits(d.root or None), "imagefolder"
+    return d.root, d.dataset
 
 
 def build_splits(cfg: Config) -> dict[str, Split]:
-    """Load the train split and every eval split named in the config (building the demo data if asked)."""
+    """Load the train split and the splits of data.root that evaluators name, by split name."""
     d = cfg.data
-    if d.dataset == "digits":
-        root: str | Path = build_digits(d.root or None)
-        layout = "imagefolder"
-    else:
-        root, layout = d.root, d.dataset
-    wanted = [d.train_split, *d.eval_splits]
+    root, layout = data_root(cfg)
+    wanted = [d.train_split, *(e.split for e in cfg.evals.values() if e.root is None)]
     held_out = {MINIVAL, TRAIN_MINUS_MINIVAL} & set(wanted)
     on_disk = [name for name in wanted if name not in held_out] + ([d.minival_from] if held_out else [])
     splits = load_splits(layout, root, on_disk)
@@ -50,6 +57,34 @@ def build_splits(cfg: Config) -> dict[str, Split]:
             f"{d.num_train_examples}; fix the data or set --set data.num_train_examples={n_train}"
         )
     return splits
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluator's data: its config, its split, and for ImageNet-ReaL the label sets aligned with the split."""
+
+    config: EvalConfig
+    split: Split
+    real_labels: torch.Tensor | None = None
+
+
+def eval_sets(cfg: Config, splits: dict[str, Split]) -> dict[str, EvalSet]:
+    """Every evaluator's data, by evaluator name: a split of data.root (from `splits`, build_splits' result) or of
+    its own root, whose classes must be the train split's (ImageNet-v2: label indices below model.num_classes)."""
+    train = splits[cfg.data.train_split]
+    out = {}
+    for name, e in cfg.evals.items():
+        if e.root is None:
+            split = splits[e.split]
+        else:
+            layout = e.layout or ("imagefolder" if cfg.data.dataset == "digits" else cfg.data.dataset)
+            split = load_split(layout, e.root, e.split, num_classes=cfg.model.num_classes)
+            if layout != "imagenet_v2" and split.classes != train.classes:
+                raise DataError(f"evals.{name}: the classes of {Path(e.root) / e.split} are not those of the train "
+                                f"split ({len(split.classes)} vs {len(train.classes)} class folders, or other names)")
+        real = load_real_labels(Path(e.real_labels).expanduser(), split) if e.real_labels else None
+        out[name] = EvalSet(e, split, real)
+    return out
 
 
 def decoder(cfg: Config) -> Callable[[str], torch.Tensor]:
@@ -100,12 +135,13 @@ def device_augment(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.
 
 
 def eval_loader(cfg: Config, split: Split, pin_memory: bool = False, rank: int = 0, world: int = 1,
-                index_labels: bool = False) -> DataLoader:
-    """The eval pipeline over `split`, or over every world-th image from `rank` when evaluation is sharded. With
-    `index_labels` each label is the image's index in split.samples (for `evaluate(..., real_labels=...)`)."""
-    d = cfg.data
-    dataset = EvalDataset(split, EvalTransform(d.image_size, d.eval_resize, d.eval_resize_method), decoder(cfg),
-                          index_labels)
+                index_labels: bool = False, evaluator: EvalConfig | None = None) -> DataLoader:
+    """The eval pipeline over `split` (with `evaluator`'s resize where it sets one), or over every world-th image
+    from `rank` when evaluation is sharded. With `index_labels` each label is the image's index in split.samples
+    (for `evaluate(..., real_labels=...)`)."""
+    d, e = cfg.data, evaluator or EvalConfig()
+    transform = EvalTransform(d.image_size, e.resize or d.eval_resize, e.resize_method or d.eval_resize_method)
+    dataset = EvalDataset(split, transform, decoder(cfg), index_labels)
     return DataLoader(
         dataset if world == 1 else Subset(dataset, range(rank, len(dataset), world)),
         batch_size=d.eval_batch_size, shuffle=False, **_loader_kwargs(cfg, pin_memory),

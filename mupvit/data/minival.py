@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mupvit.config import MINIVAL, TRAIN_MINUS_MINIVAL
 from mupvit.data.datasets import Split
-
-MINIVAL = "minival"
-TRAIN_MINUS_MINIVAL = "train_minus_minival"
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
