@@ -41,7 +41,7 @@ from mupvit.device import resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
