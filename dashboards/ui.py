@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from mupvit.config import ConfigError
-from orchestration.local_cluster import free_port
+from orchestration.ports import free_port
 from orchestration.tracking import DEFAULT_URI, artifact_location, resolve_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

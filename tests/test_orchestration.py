@@ -18,7 +18,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestration.local_cluster import BIN, cluster_env
+from orchestration.loopback import BIN, cluster_env
 
 from .helpers import tiny_config
 
