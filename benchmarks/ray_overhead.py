@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestration.local_cluster import cluster_env
+from orchestration.loopback import cluster_env
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,1 +1,1 @@
-"""MLflow UI launcher and the comparison report (see the open issues)."""
+"""The MLflow UI launcher and the comparison report (tables, figures, one self-contained HTML page)."""

@@ -81,7 +81,7 @@ def ablation_section(report: Report, runs: pd.DataFrame) -> Section:
     section = Section("ablations", "2. Ablations in the paper's layout",
                       "Rows: the recipe and each single change to it (tag 'ablation'); columns: top-1 (%) at the "
                       "run's final epoch-equivalent, one column per training budget, then the paper's numbers "
-                      "where the paper states them (RECIPE.md) (300 epochs: 'about 80'). Of repeated runs of a "
+                      "where the paper states them (docs/RECIPE.md) (300 epochs: 'about 80'). Of repeated runs of a "
                       "cell the latest counts.")
     table = ablation_table(runs)
     if table.empty:

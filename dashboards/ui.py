@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from mupvit.config import ConfigError
-from orchestration.local_cluster import free_port
+from orchestration.ports import free_port
 from orchestration.tracking import DEFAULT_URI, artifact_location, resolve_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -122,7 +122,7 @@ class UiServer:
         check_port_free(self.host, self.port)
         fd, log = tempfile.mkstemp(prefix=f"mlflow-ui-{self.port}-", suffix=".log")
         self.log_path = Path(log)
-        # The job runner alone is ~10 processes and ~2 GB (NOTES-RAY-MLFLOW.md); the UI needs none of it.
+        # The job runner alone is ~10 processes and ~2 GB (docs/RAY-MLFLOW.md); the UI needs none of it.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with os.fdopen(fd, "wb") as out:
             # Own session: the terminal's Ctrl-C reaches only us, and we stop the server's whole group in order.

@@ -25,8 +25,8 @@ from mupvit.config import Config, ConfigError, add_set_argument, load_config, va
 from mupvit.coord_results import plot, slope_table, write_csv
 from mupvit.data import DataError, build_splits, device_augment, train_loader
 from mupvit.data.mixup import mixup_coefficient
+from mupvit.models.build import build_model
 from mupvit.models.parametrization import with_width
-from mupvit.models.registry import build_model
 from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
 from mupvit.train import train_step

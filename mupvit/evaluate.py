@@ -20,7 +20,7 @@ from torch import nn
 from mupvit.config import ConfigError, add_set_argument, load_config
 from mupvit.data import DataError, build_splits, eval_loader, eval_sets
 from mupvit.device import resolve_device
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.models.weights import load_weights
 from mupvit.results import add_summary_argument, describe_eval, emit_summary
 

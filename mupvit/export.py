@@ -21,7 +21,7 @@ from mupvit.config import ConfigError, config_from_dict
 from mupvit.models.adapters import ADAPTERS, adapter_for
 from mupvit.models.adapters.base import HEAD, full_state
 from mupvit.models.adapters.files import LAYOUTS, write_npz, write_safetensors
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.models.weights import read_training_checkpoint
 from mupvit.results import emit_summary
 

@@ -8,11 +8,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 from mupvit.config import OptimConfig
 from mupvit.models.parametrization import DECAYED_ROLES, ROLES
 from mupvit.models.vit import ViT, decay_mask
+from mupvit.optax_adam import OptaxAdam
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -53,34 +53,15 @@ def describe_param_groups(groups: list[dict], weight_decay: float) -> str:
     return "\n".join(lines)
 
 
-def fused_supported(device: torch.device) -> bool:
-    """Whether this torch has a fused Adam kernel for `device` (CUDA, and CPU since torch 2.4)."""
-    return device.type in _get_fused_kernels_supported_devices()
-
-
 class BigVisionAdam:
-    """Adam whose weight decay is `param -= schedule(t) * wd * param`, independent of the learning rate.
+    """big_vision's optimiser over the role groups: optax's Adam in float32 (mupvit/optax_adam.py) at lr x the
+    group's µP multiplier, weight decay `param -= schedule(t) * wd * param` on kernels (independent of the learning
+    rate: torch's AdamW would multiply it by lr), all scaled by the warmup + cosine schedule at step t."""
 
-    torch's AdamW multiplies decay by lr; here decay is applied separately (before the Adam step, on the
-    pre-update parameter, as optax does), so it stays exact whatever each group's lr is. With mu_dtype bfloat16
-    the first moment is rounded to bfloat16 after each update (optax scale_by_adam(mu_dtype=...): the update
-    itself uses the unrounded moment); it is kept in float32 tensors holding bfloat16 values.
-
-    The Adam update runs in torch's fused kernel where the parameters' device has one (`fused` None), else in
-    its foreach kernels. Neither the decay nor the rounding is part of that kernel, so both paths do the same
-    update (to float rounding). The fused path keeps Adam's step count on the device: no host read per step.
-    """
-
-    def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int, fused: bool | None = None) -> None:
+    def __init__(self, groups: list[dict], cfg: OptimConfig, total_steps: int) -> None:
         self.cfg, self.total_steps = cfg, total_steps
-        if fused is None:
-            fused = fused_supported(groups[0]["params"][0].device)
-        self.fused = fused
-        self.optimizer = torch.optim.Adam(groups, lr=0.0, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0,
-                                          **self._kernel())
-
-    def _kernel(self) -> dict[str, bool]:
-        return {"fused": True, "foreach": False} if self.fused else {"fused": False, "foreach": True}
+        self.optimizer = OptaxAdam([{**g, "lr": cfg.lr * g["lr_mult"]} for g in groups], cfg.b1, cfg.b2, cfg.eps,
+                                   cfg.weight_decay, cfg.mu_dtype)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -89,18 +70,10 @@ class BigVisionAdam:
     def schedule(self, step: int) -> float:
         return warmup_cosine(step, self.cfg.warmup_steps, self.total_steps)
 
-    @torch.no_grad()
     def step(self, step: int) -> float:
         """Apply update number `step` (0-based) to the gradients now in `.grad`; returns the lr used."""
         s = self.schedule(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * group["lr_mult"] * s
-            if group["decay"] and self.cfg.weight_decay and group["params"]:
-                torch._foreach_mul_(group["params"], 1.0 - s * self.cfg.weight_decay)
-        self.optimizer.step()
-        if self.cfg.mu_dtype == "bfloat16":
-            moments = [state["exp_avg"] for state in self.optimizer.state.values()]
-            torch._foreach_copy_(moments, [m.to(torch.bfloat16) for m in moments])
+        self.optimizer.step(s)
         return self.cfg.lr * s
 
     def zero_grad(self) -> None:
@@ -110,10 +83,7 @@ class BigVisionAdam:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore `state`, keeping this optimiser's kernel: torch would take the checkpoint's, and place the step
-        counts by it (on the device for fused), so a checkpoint from either path resumes on the other."""
-        groups = [{**group, **self._kernel()} for group in state["param_groups"]]
-        self.optimizer.load_state_dict({**state, "param_groups": groups})
+        self.optimizer.load_state_dict(state)
 
 
 @torch.no_grad()

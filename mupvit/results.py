@@ -13,13 +13,13 @@ from typing import Any
 from mupvit.config import Config, flatten
 from mupvit.models.shapes import model_shape
 
-# The paper's ImageNet-1k val top-1 (%) by (ablation, epochs): only the numbers ../shared/RECIPE.md records;
+# The paper's ImageNet-1k val top-1 (%) by (ablation, epochs): only the numbers docs/RECIPE.md records;
 # 300 epochs is the abstract's "~80".
 PAPER_TOP1: dict[tuple[str, float], float] = {("recipe", 90.0): 76.5, ("head_linear", 90.0): 76.7,
                                               ("recipe", 300.0): 80.0}
 PAPER_EPOCHS = 90.0  # paper_acc1 is a 90-epoch number
 PAPER_TAG = "mupvit.paper_acc1"  # MLflow tag with a run's paper_acc1, when the paper has one
-# The paper's recipe (big_vision's vit_s16_i1k config, ../shared/RECIPE.md) as dotted config keys. The head and the
+# The paper's recipe (big_vision's vit_s16_i1k config, docs/RECIPE.md) as dotted config keys. The head and the
 # epoch budget are left out: the paper reports both heads and several budgets (the report shows them as columns).
 PAPER_RECIPE: dict[str, Any] = {
     "data.dataset": "imagenet", "data.train_split": "train_minus_minival", "data.image_size": 224,

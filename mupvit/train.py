@@ -42,7 +42,7 @@ from mupvit.device import resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.models.shapes import model_shape
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights

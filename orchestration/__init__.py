@@ -1,1 +1,2 @@
-"""Ray Train jobs and Ray Tune sweeps around the mupvit trainer, with MLflow tracking (see the open issues)."""
+"""Ray Train jobs, Ray Tune sweeps and the ablation campaign around the mupvit trainer, with MLflow tracking; a
+local Ray head for the demo and the tests."""

@@ -29,7 +29,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from mupvit.config import Config, ConfigError, add_set_argument
 from orchestration.cluster import ClusterError
 from orchestration.launch_config import Launch, load_launch
-from orchestration.local_cluster import auth_headers, token_path
+from orchestration.ray_token import auth_headers, token_path
 from orchestration.tracking import check_reachable, find_run, tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, run_name
 from orchestration.train_job import train_job_command, train_job_env

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from orchestration.launch_config import ClusterConfig
-from orchestration.local_cluster import loopback_driver, prepare_in_process_ray
+from orchestration.loopback import loopback_driver, prepare_in_process_ray
 
 # A local Ray on a small machine: cap the object store (it defaults to 30% of RAM) so torch keeps the memory.
 LOCAL_OBJECT_STORE_BYTES = 1_000_000_000
@@ -42,7 +42,7 @@ def check_reachable(address: str) -> None:
 
 
 def loopback_only_gcs(address: str) -> bool:
-    """The GCS at `address` is on this machine and listens on loopback only, as local_cluster's heads do: a driver
+    """The GCS at `address` is on this machine and listens on loopback only, as local_head's heads do: a driver
     must then run in Ray's single-machine mode too (a plain `ray start` head listens on the host's address as well,
     and wants its drivers on that address)."""
     if (host_port := split_address(address)) is None:
@@ -76,7 +76,7 @@ def connect(c: ClusterConfig) -> str:
     address = c.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
-        if loopback_only_gcs(address):  # a head of local_cluster: join it on its terms
+        if loopback_only_gcs(address):  # a head of local_head: join it on its terms
             loopback_driver()
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from mupvit.config import ConfigError, add_set_argument
 from orchestration.launch_config import load_launch
-from orchestration.local_cluster import BIN, cluster_env, dashboard_url, head_running, start_head, stop_head
+from orchestration.local_head import dashboard_url, head_running, start_head, stop_head
+from orchestration.loopback import BIN, cluster_env
 from orchestration.train_job import train_job_command, train_job_env
 
 

@@ -30,7 +30,7 @@ from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
-from orchestration.local_cluster import interrupt_on_sigterm
+from orchestration.signals import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
 from orchestration.worker import train_loop
 

@@ -15,7 +15,7 @@ from mupvit.data.digits import build_digits
 from .helpers import worker_port_bases
 
 if TYPE_CHECKING:  # orchestration needs the platform extras: imported by the fixtures, not by every test
-    from orchestration.local_cluster import Head
+    from orchestration.local_head import Head
 
 # The most any test asks of the shared head at once: two Ray Train workers (or two trials) of one CPU each, or
 # one trial of two workers. A test asking for more must fail for want of CPUs (the "too-many-workers" case).
@@ -73,7 +73,8 @@ def ray_head() -> Iterator[Head]:
     (also on a machine with one: the tests expect "the cluster has 0 GPU"), every port in a block of its own
     (never Ray's defaults, nor the ports of a head of the user's, of another test run or of another xdist worker),
     its own temp dir. It is stopped on its own at the end: other Ray heads of this machine keep running."""
-    from orchestration.local_cluster import free_port_block, start_head, stop_head
+    from orchestration.local_head import start_head, stop_head
+    from orchestration.ports import free_port_block
 
     head = start_head(num_cpus=SHARED_HEAD_CPUS, num_gpus=0, ports=free_port_block(worker_port_bases()))
     yield head

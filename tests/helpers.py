@@ -63,7 +63,7 @@ def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
 def worker_port_bases() -> tuple[int, ...]:
     """This pytest-xdist worker's share of the Ray port-block bases (all of them without xdist): heads that parallel
     workers start at the same moment never pick the same block before either has bound it."""
-    from orchestration.local_cluster import PORT_BLOCK_BASES
+    from orchestration.ports import PORT_BLOCK_BASES
 
     index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -373,7 +373,7 @@ def _expected_crop(image, seed, size, area, aspect):
 
 def test_train_crop_resize_is_bilinear_without_antialias_then_truncated_by_default():
     """big_vision decode_jpeg_and_inception_crop(224): tf.image.resize bilinear, antialias False, in float, then
-    tf.cast back to uint8, which truncates (RECIPE.md)."""
+    tf.cast back to uint8, which truncates (docs/RECIPE.md)."""
     assert DataConfig().antialias is False
     image = _noise_image(64, 48)
     crop = TrainTransform(16, (1.0, 1.0), (0.75, 0.75), crop="torchvision", flip=False)(image, np.random.default_rng(0))

@@ -58,7 +58,7 @@ def test_accurate_is_pillows_decode_and_fast_differs_from_it_as_tf_does(tiny):
     accurate, fast = decode_image(tiny, "accurate"), decode_image(tiny, "tf_fast")
     assert torch.equal(accurate, pillow(tiny))
     diff = fast.int() - accurate.int()
-    assert 1 <= diff.abs().max() <= 8  # RECIPE.md: max 5-8 levels on ImageNet-sized images
+    assert 1 <= diff.abs().max() <= 8  # docs/RECIPE.md: max 5-8 levels on ImageNet-sized images
     assert (diff != 0).float().mean() > 0.3
     assert diff.float().mean() < -0.3  # the accurate IDCT decodes brighter (~0.8 levels on average)
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from mupvit.checkpoint import load_checkpoint
 from mupvit.train import run
-from orchestration.local_cluster import free_port
+from orchestration.ports import free_port
 
 from .helpers import QuietLogger, tiny_config
 

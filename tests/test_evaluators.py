@@ -14,7 +14,7 @@ import torch
 from mupvit.checkpoint import load_checkpoint
 from mupvit.config import ConfigError
 from mupvit.data import build_splits, eval_loader, eval_sets
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.train import run
 
 from .helpers import QuietLogger, tiny_config

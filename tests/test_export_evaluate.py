@@ -18,7 +18,7 @@ from mupvit.checkpoint import load_checkpoint
 from mupvit.evaluate import main as evaluate_main
 from mupvit.export import main as export_main
 from mupvit.models.adapters.files import read_npz, read_safetensors
-from mupvit.models.registry import build_model
+from mupvit.models.build import build_model
 from mupvit.train import run
 
 from .helpers import QuietLogger, tiny_config

@@ -1,6 +1,6 @@
-"""The layers of docs/DESIGN (imports only point downward: dashboards -> orchestration -> mupvit), checked for every
-module: statically on each import statement (function-level ones included), and by importing the modules in a
-fresh interpreter and looking at what got loaded."""
+"""The layers of the README's Layout (imports only point downward: dashboards -> orchestration -> mupvit), checked
+for every module: statically on each import statement (function-level ones included), and by importing the modules
+in a fresh interpreter and looking at what got loaded."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_no_module_imports_against_the_layers(package):
                             and n.rsplit(".", 1)[0] not in TORCH_FREE - {"mupvit", "mupvit.models"})
         if wrong:
             bad[str(path.relative_to(REPO))] = wrong
-    assert not bad, f"imports against the layers (docs/DESIGN.md): {bad}"
+    assert not bad, f"imports against the layers (README.md, Layout): {bad}"
 
 
 def test_the_static_check_sees_function_level_and_relative_imports(tmp_path):

@@ -1,4 +1,4 @@
-"""Model and initialisation facts of shared/RECIPE.md (big_vision's "simple ViT", JAX/flax init semantics).
+"""Model and initialisation facts of docs/RECIPE.md (big_vision's "simple ViT", JAX/flax init semantics).
 
 Every test here is meant to fail if the corresponding recipe fact is broken. Distribution checks use
 sampling-error tolerances (about 5 standard errors), so they are deterministic under the fixed seed and
@@ -15,7 +15,7 @@ from mupvit.config import ModelConfig
 from mupvit.models.shapes import model_shape
 from mupvit.models.vit import EncoderBlock, MlpBlock, ViT, decay_mask, posemb_sincos_2d
 
-# JAX's truncated_normal(-2, 2) has this std relative to the untruncated normal (RECIPE.md).
+# JAX's truncated_normal(-2, 2) has this std relative to the untruncated normal (docs/RECIPE.md).
 TRUNC_CORRECTION = 0.87962566103423978
 
 SMALL = dict(variant=None, width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=4, num_classes=10)
@@ -82,7 +82,7 @@ def s16_extras():
     ],
 )
 def test_variants_match_recipe_table(variant, expected):
-    # RECIPE.md table, width/depth/mlp/heads, from big_vision's decode_variant.
+    # docs/RECIPE.md, width/depth/mlp/heads, from big_vision's decode_variant.
     shape = model_shape(ModelConfig(variant=variant))
     assert (shape.width, shape.depth, shape.mlp_dim, shape.num_heads) == expected
     assert shape.patch_size == 16
@@ -224,7 +224,7 @@ def test_class_token_zero(s16_extras):
 
 
 def reference_sincos2d(h, w, d):
-    """RECIPE.md formula, written out element by element: row-major tokens, x = column, y = row."""
+    """docs/RECIPE.md formula, written out element by element: row-major tokens, x = column, y = row."""
     quarter = d // 4
     omega = [1.0 / 10000 ** (i / (quarter - 1)) for i in range(quarter)]
     rows = []

@@ -19,7 +19,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestration.local_cluster import BIN, cluster_env
+from orchestration.loopback import BIN, cluster_env
 from orchestration.tracking import RESOLVED_ARTIFACT, read_resolved
 
 from .helpers import tiny_experiment

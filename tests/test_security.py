@@ -18,7 +18,9 @@ import pytest
 import requests
 
 from orchestration.cluster import loopback_only_gcs
-from orchestration.local_cluster import LOOPBACK_ONLY, auth_headers, ensure_token, head_processes, token_path
+from orchestration.head_processes import head_processes
+from orchestration.loopback import LOOPBACK_ONLY
+from orchestration.ray_token import auth_headers, ensure_token, token_path
 
 from .helpers import listeners, loopback
 
@@ -125,7 +127,7 @@ def test_a_driver_runs_loopback_only_exactly_for_a_loopback_only_gcs():
         open_.bind(("0.0.0.0", 0))
         closed.listen()
         open_.listen()
-        assert loopback_only_gcs(f"127.0.0.1:{closed.getsockname()[1]}")  # a head of local_cluster
+        assert loopback_only_gcs(f"127.0.0.1:{closed.getsockname()[1]}")  # a head of local_head
         assert loopback_only_gcs(f"localhost:{closed.getsockname()[1]}")
         assert not loopback_only_gcs(f"127.0.0.1:{open_.getsockname()[1]}")  # a plain `ray start --head`
     assert not loopback_only_gcs("10.1.2.3:6379") and not loopback_only_gcs("head.example:6379")

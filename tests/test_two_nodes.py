@@ -20,17 +20,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dashboards.ui import UiServer
-from orchestration.local_cluster import (
-    BIN,
-    Head,
-    HeadPorts,
-    free_port,
-    free_port_block,
-    head_processes,
-    kill_all,
-    start_head,
-    stop_head,
-)
+from orchestration.head_processes import head_processes, kill_all
+from orchestration.local_head import Head, start_head, stop_head
+from orchestration.loopback import BIN
+from orchestration.ports import HeadPorts, free_port, free_port_block
 
 from .helpers import worker_port_bases
 from .test_orchestration import STEPS, final_model, write_config

@@ -1,4 +1,4 @@
-"""orchestration.local_cluster: several Ray heads at once on this machine, each on ports and in a temp dir of its
+"""orchestration.local_head: several Ray heads at once on this machine, each on ports and in a temp dir of its
 own, and stopping one ends exactly its processes: the others keep running (the session's shared head among them)."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.local_cluster import BIN, Head, HeadPorts, port_free, stop_head
+from orchestration.local_head import Head, stop_head
+from orchestration.loopback import BIN
+from orchestration.ports import HeadPorts, port_free
 
 from .helpers import listeners, worker_port_bases
 
@@ -112,7 +114,8 @@ def test_stop_head_ends_that_heads_processes_only(tmp_path):
 PRIVATE_HEAD = """
 import json, sys
 from dataclasses import asdict
-from orchestration.local_cluster import free_port_block, start_head, stop_head
+from orchestration.local_head import start_head, stop_head
+from orchestration.ports import free_port_block
 
 head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block(BASES))
 print(json.dumps({"ports": asdict(head.ports), "temp_dir": str(head.temp_dir), "session_id": head.session_id}),
@@ -176,7 +179,7 @@ import ray, sys, time
 ray.init()
 # Like Ray Train's PlacementGroupCleaner: detached, no CPU, pinned to the head by a sliver of its node marker.
 helper = ray.remote(num_cpus=0)(type("Helper", (), {"ping": lambda self: 1})).options(
-    name="lingering_helper", namespace="test_local_cluster", lifetime="detached",
+    name="lingering_helper", namespace="test_local_head", lifetime="detached",
     resources={"node:__internal_head__": 0.001}).remote()
 worker = ray.remote(num_cpus=1)(type("Worker", (), {"ping": lambda self: 1})).remote()
 ray.get([helper.ping.remote(), worker.ping.remote()])
@@ -186,7 +189,7 @@ time.sleep(300)
 KILL_HELPER = """
 import ray
 ray.init()
-ray.kill(ray.get_actor("lingering_helper", namespace="test_local_cluster"))
+ray.kill(ray.get_actor("lingering_helper", namespace="test_local_head"))
 """
 
 
