@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dashboards.runs import Histories, epoch_results, eval_split, model_width, number, text
-from mupvit.results import PAPER_EPOCHS, PAPER_TAG, PAPER_TOP1, departures, epoch_label, result_name
+from dashboards.runs import Histories, epoch_results, eval_split, model_width, number, resolved_config, text
+from mupvit.config import Config
+from mupvit.results import (
+    PAPER_EPOCHS,
+    PAPER_REAL_TAG,
+    PAPER_TAG,
+    PAPER_TOP1,
+    PAPER_V2_TAG,
+    departures,
+    epoch_label,
+    result_name,
+    special_evaluators,
+)
 
 # The contract with experiments/ablations/ (tag `ablation`): name -> the change, as the paper's table words it.
 ABLATIONS = {
@@ -68,15 +79,25 @@ def _results(run: pd.Series, histories: Histories) -> dict[str, float | None]:
     return cells
 
 
-def run_params(run: pd.Series) -> dict[str, str]:
-    """The run's logged config as dotted keys (the `params.*` columns that it has)."""
-    return {str(k).removeprefix("params."): v for k, v in run.items()
-            if str(k).startswith("params.") and isinstance(v, str)}
+NOT_RUN = "—"  # an evaluator the run did not have: shown as such, never guessed
+
+
+def other_benchmarks(run: pd.Series, cfg: Config | None) -> dict[str, float | str | None]:
+    """The run's final ImageNet-ReaL and ImageNet-v2 top-1 beside the paper's (tags mupvit.paper_real/_v2), from
+    the evaluators its resolved config `cfg` declares; NOT_RUN where it had none."""
+    names = special_evaluators(cfg) if cfg is not None else {}
+    cells: dict[str, float | str | None] = {}
+    for kind, label, tag in (("real", "ReaL", PAPER_REAL_TAG), ("v2", "v2", PAPER_V2_TAG)):
+        name = names.get(kind)
+        cells[f"{label} (%)"] = percent(number(run.get(f"metrics.final/{name}/acc1"))) if name else NOT_RUN
+        cells[f"paper {label} (%)"] = number(run.get(f"tags.{tag}"))
+    return cells
 
 
 # The reproduction table's first columns, after its headline top-1: what a reader compares, visible without
 # scrolling sideways in a 1400-px window; the setting, budget, speed and other results follow.
-LEADING = ("paper top-1 (%)", "diff vs paper (pp)", "departs from the paper")
+LEADING = ("paper top-1 (%)", "diff vs paper (pp)", "departs from the paper", "ReaL (%)", "paper ReaL (%)",
+           "v2 (%)", "paper v2 (%)")
 
 
 def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame:
@@ -90,6 +111,7 @@ def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame
         results = epoch_results(run)
         epochs_seen |= set(results)
         ours = percent(number(run.get(f"metrics.{results[PAPER_EPOCHS]}"))) if PAPER_EPOCHS in results else None
+        cfg = resolved_config(run)
         paper = number(run.get(f"tags.{PAPER_TAG}"))
         steps = number(run.get("tags.total_steps")) or number(run.get("params.train.total_steps"))
         rows.append({
@@ -106,7 +128,8 @@ def reproduction_table(runs: pd.DataFrame, histories: Histories) -> pd.DataFrame
             **_results(run, histories),
             "paper top-1 (%)": paper,
             "diff vs paper (pp)": round(ours - paper, 2) if ours is not None and paper is not None else None,
-            "departs from the paper": ", ".join(departures(run_params(run))) or "none",
+            "departs from the paper": (", ".join(departures(cfg)) or "none") if cfg is not None else "",
+            **other_benchmarks(run, cfg),
             "run id": run["run_id"],
         })
     table = pd.DataFrame(rows)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from mupvit.config import ConfigError, flatten
 from mupvit.logger import RunLogger
-from mupvit.results import PAPER_TAG, paper_acc1
+from mupvit.results import PAPER_REAL_TAG, PAPER_TAG, PAPER_V2_TAG, paper_acc1, paper_real_v2
 from orchestration.launch_config import Launch, TrackingConfig
 
 RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per training run
@@ -31,6 +32,8 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # the console, unless the user asks for more with MLflow's own MLFLOW_LOGGING_LEVEL.
 if "MLFLOW_LOGGING_LEVEL" not in os.environ:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+# Nor are its download progress bars (one per artifact the report reads): off unless the user turns them on.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class TrackingError(RuntimeError):
@@ -112,9 +115,10 @@ def run_tags(launch: Launch, run_key: str, repo: Path, extra: dict[str, str] | N
     }
     if launch.tracking.ablation:
         tags["ablation"] = launch.tracking.ablation
-    reference = paper_acc1(cfg)
-    if reference is not None:
-        tags[PAPER_TAG] = str(reference)
+    for tag, reference in zip((PAPER_TAG, PAPER_REAL_TAG, PAPER_V2_TAG), (paper_acc1(cfg), *paper_real_v2(cfg)),
+                              strict=True):
+        if reference is not None:
+            tags[tag] = str(reference)
     return tags
 
 
@@ -192,7 +196,8 @@ class MlflowLogger(RunLogger):
 
 def read_resolved(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
     """A run's RESOLVED_ARTIFACT; None for a run that has none (it never started training, or predates it)."""
-    try:
-        return json.loads(Path(client.download_artifacts(run_id, RESOLVED_ARTIFACT)).read_text())
-    except (OSError, ValueError, MlflowException):
-        return None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, RESOLVED_ARTIFACT, folder)).read_text())
+        except (OSError, ValueError, MlflowException):
+            return None

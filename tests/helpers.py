@@ -100,3 +100,16 @@ def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
 def loopback(address: IPv4Address | IPv6Address) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as Ray's gRPC servers show it
     return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def real_json(val_samples: list[tuple[str, int]], path: Path) -> list[list[int]]:
+    """A real.json for a digits val split (samples in split order): entries in file-name order; every 5th image
+    has no label, every 3rd another correct label besides its own. Returns the label sets in split order."""
+    by_name = {Path(p).name: label for p, label in val_samples}
+    entries = []
+    for i, name in enumerate(sorted(by_name)):
+        label = by_name[name]
+        entries.append([] if i % 5 == 0 else [label, (label + 1) % 10] if i % 3 == 0 else [label])
+    path.write_text(json.dumps(entries))
+    order = {name: i for i, name in enumerate(sorted(by_name))}
+    return [entries[order[Path(p).name]] for p, _ in val_samples]

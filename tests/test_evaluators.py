@@ -3,7 +3,6 @@ ImageNet-ReaL label sets and the ImageNet-v2 layout wired through a real trainin
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,20 +16,7 @@ from mupvit.data import build_splits, eval_loader, eval_sets
 from mupvit.models.build import build_model
 from mupvit.train import run
 
-from .helpers import QuietLogger, tiny_config
-
-
-def real_json(val_samples: list[tuple[str, int]], path: Path) -> list[list[int]]:
-    """A real.json for the digits val split: entries in file-name order; every 5th image has no label, every 3rd
-    another correct label besides its own. Returns the sets in split order."""
-    by_name = {Path(p).name: label for p, label in val_samples}
-    entries = []
-    for i, name in enumerate(sorted(by_name)):
-        label = by_name[name]
-        entries.append([] if i % 5 == 0 else [label, (label + 1) % 10] if i % 3 == 0 else [label])
-    path.write_text(json.dumps(entries))
-    order = {name: i for i, name in enumerate(sorted(by_name))}
-    return [entries[order[Path(p).name]] for p, _ in val_samples]
+from .helpers import QuietLogger, real_json, tiny_config
 
 
 def v2_copy(val_samples: list[tuple[str, int]], root: Path) -> Path:

@@ -23,14 +23,15 @@ from dashboards.sweeps import sweep_trials
 from dashboards.tables import ablation_order, ablation_table, reproduction_table
 from mupvit.coord_check import coord_check
 from mupvit.coord_results import write_csv
-from mupvit.results import LOSS_WINDOW, PAPER_TAG
+from mupvit.data import build_splits
+from mupvit.results import LOSS_WINDOW, PAPER_REAL_TAG, PAPER_TAG, PAPER_V2_TAG
 from mupvit.train import TrainingDiverged, run
 from orchestration.launch_config import Launch
 from orchestration.sweep_results import TRIAL_COLUMNS, best_lr_table
 from orchestration.sweep_spec import load_sweep
 from orchestration.tracking import MlflowLogger, open_run
 from orchestration.worker import in_scratch
-from tests.helpers import tiny_config, tiny_experiment, tiny_launch
+from tests.helpers import real_json, tiny_config, tiny_experiment, tiny_launch
 
 REPO = Path(__file__).resolve().parent.parent
 # Ablation runs train on 1% of the digits train split (one image a class), so 90 and 150 epochs take ~60-100 steps.
@@ -84,13 +85,18 @@ def store(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simple
         ids[f"bs{batch}"] = record(uri, cfg(f"bs{batch}", **EPOCH_BUDGET, **{
             "train.epochs": 1, "train.batch_size": batch, "train.eval_at_epochs": [0.5, 1],
             "tracking.experiment": "repro"}), f"bs{batch}")
+    # recipe90 also has an ImageNet-ReaL evaluator (the digits val split with hand-made label sets).
+    real_json(build_splits(tiny_config(digits_root, folder / "probe"))["val"].samples, folder / "real.json")
+    with_real = {"evals": {"val": {"split": "val"}, "real": {"split": "val", "real_labels": str(folder / "real.json")}}}
     for name, ablation, head, epochs in (("recipe90", "recipe", "mlp", 90), ("recipe150", "recipe", "mlp", 150),
                                          ("linear90", "head_linear", "linear", 90)):
         ids[name] = record(uri, cfg(name, **EPOCH_BUDGET, **TINY_TRAIN, **{
             "train.epochs": epochs, "train.eval_at_epochs": [epochs], "model.head": head,
-            "tracking.ablation": ablation, "tracking.experiment": "ablations"}), name)
-    # The paper's number is tagged only for the ImageNet recipe; tag one tiny run to check the difference column.
-    MlflowClient(uri).set_tag(ids["recipe90"], PAPER_TAG, "76.7")
+            "tracking.ablation": ablation, "tracking.experiment": "ablations",
+            **(with_real if name == "recipe90" else {})}), name)
+    # The paper's numbers are tagged only for the ImageNet recipe; tag one tiny run to check the paper columns.
+    for tag, value in ((PAPER_TAG, "76.7"), (PAPER_REAL_TAG, "83.1"), (PAPER_V2_TAG, "64.2")):
+        MlflowClient(uri).set_tag(ids["recipe90"], tag, value)
 
     spec = load_sweep(write_sweep(folder, digits_root))
     client = MlflowClient(uri)
@@ -124,7 +130,8 @@ def test_reproduction_table_leads_with_run_top1_paper_and_departures(store):
     table = reproduction_table(runs, Histories(store.client))
     assert list(table.columns[:5]) == ["run", "top-1 @90ep (%)", "paper top-1 (%)", "diff vs paper (pp)",
                                        "departs from the paper"]
-    rest = list(table.columns[5:])
+    assert list(table.columns[5:9]) == ["ReaL (%)", "paper ReaL (%)", "v2 (%)", "paper v2 (%)"]
+    rest = list(table.columns[9:])
     assert rest[:3] == ["experiment", "status", "variant"] and rest[-1] == "run id"
     assert rest.index("wall time") < rest.index("top-1 @0.5ep (%)") < rest.index("top-5 @90ep (%)")
     # No run at 90 epochs: the largest budget logged is the headline.
@@ -164,6 +171,10 @@ def test_reproduction_table_has_every_training_run_with_its_accuracies(store):
     ours = 100 * metric(store, "recipe90", "acc1_at_90ep")
     assert tagged["paper top-1 (%)"] == 76.7
     assert tagged["diff vs paper (pp)"] == pytest.approx(ours - 76.7, abs=0.01)
+    # ReaL and v2 beside the paper's: measured where the run had the evaluator, "—" where it had none.
+    assert tagged["ReaL (%)"] == pytest.approx(100 * metric(store, "recipe90", "final/real/acc1"), abs=0.005)
+    assert (tagged["paper ReaL (%)"], tagged["v2 (%)"], tagged["paper v2 (%)"]) == (83.1, "—", 64.2)
+    assert row(table, store.ids["bs32"])["ReaL (%)"] == "—" and row(table, store.ids["bs32"])["v2 (%)"] == "—"
     for name in ("bs32", "bs64", "recipe150", "linear90"):  # not the paper's setting: blank
         untagged = row(table, store.ids[name])
         assert untagged["paper top-1 (%)"] != untagged["paper top-1 (%)"]  # NaN
@@ -173,13 +184,14 @@ def test_reproduction_table_has_every_training_run_with_its_accuracies(store):
 def test_ablation_table_in_the_papers_layout(store):
     table = ablation_table(fetch_runs(store.client, ["ablations", "repro"]))
     assert list(table["ablation"]) == ["recipe", "head_linear"]
-    assert list(table.columns) == ["ablation", "change", "90 ep", "150 ep", "paper 90 ep"]
+    assert list(table.columns) == ["ablation", "change", "90 ep", "150 ep", "paper 90 ep", "paper 150 ep"]
     recipe, linear = table.to_dict(orient="records")
     assert recipe["90 ep"] == pytest.approx(100 * metric(store, "recipe90", "acc1_at_90ep"), abs=0.005)
     assert recipe["150 ep"] == pytest.approx(100 * metric(store, "recipe150", "acc1_at_150ep"), abs=0.005)
     assert linear["90 ep"] == pytest.approx(100 * metric(store, "linear90", "acc1_at_90ep"), abs=0.005)
     assert linear["150 ep"] != linear["150 ep"]  # no 150-epoch head_linear run: blank
-    assert (recipe["paper 90 ep"], linear["paper 90 ep"]) == (76.5, 76.7)
+    assert (recipe["paper 90 ep"], linear["paper 90 ep"]) == (76.5, 76.7)  # the paper's Table 1
+    assert (recipe["paper 150 ep"], linear["paper 150 ep"]) == (78.5, 78.6)
     assert ablation_order({"zeta", "alpha", "pool_cls", "recipe"}) == ["recipe", "pool_cls", "alpha", "zeta"]
     assert ablation_table(fetch_runs(store.client, ["repro"])).empty
 
