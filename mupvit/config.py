@@ -366,6 +366,11 @@ def _check_evals(cfg: Config) -> None:
                               f"split; it has no meaning under {key}.root")
 
 
+def _check_outputs(t: TrainConfig) -> None:
+    if not t.out_dir.strip():
+        raise ConfigError("train.out_dir: empty; name the folder for the checkpoints, e.g. runs/<experiment>")
+
+
 def _check_numbers(cfg: Config) -> None:
     check_signs(cfg, _POSITIVE, _NON_NEGATIVE)
     for key, beta in (("optim.b1", cfg.optim.b1), ("optim.b2", cfg.optim.b2)):
@@ -410,6 +415,7 @@ def validate(cfg: Config) -> None:
     check_model(cfg.model, cfg.data.image_size)
     _check_data(cfg.data)
     _check_evals(cfg)
+    _check_outputs(cfg.train)
     _check_budget(cfg, None)
 
 

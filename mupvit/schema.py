@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -168,3 +169,15 @@ def check_signs(obj: Any, positive: tuple[str, ...], non_negative: tuple[str, ..
             if value is not None and ((value < 0) if allow_zero else (value <= 0)):
                 raise ConfigError(f"{prefix}{key}: got {value}, expected a "
                                   f"{'non-negative' if allow_zero else 'positive'} number")
+
+
+# A name that becomes one folder (a run name, a sweep name): no separators, no leading dot, so it cannot climb out
+# of the folder it is made in.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+def check_folder_name(key: str, value: str) -> None:
+    """Refuse a name that would not stay one folder below its parent (`../x`, `a/b`, `.hidden`, empty)."""
+    if not FOLDER_NAME.fullmatch(value) or len(value) > 200:
+        raise ConfigError(f"{key}: got {shown(value)}, expected a plain name (letters, digits, '.', '_', '-', '+', "
+                          "'='; no '/', not starting with '.'): it names a folder")

@@ -13,7 +13,7 @@ from typing import Any
 from mupvit.config import LAUNCHER_SECTIONS, Config, config_from_dict, with_overrides
 from mupvit.config_yaml import chain_text, read_experiment
 from mupvit.errors import ConfigError, shown
-from mupvit.schema import build, check_signs
+from mupvit.schema import build, check_folder_name, check_signs
 
 
 @dataclass
@@ -83,6 +83,8 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
     sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
     c = sections.cluster
     check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
+    if sections.tracking.run_name is not None:
+        check_folder_name("tracking.run_name", sections.tracking.run_name)  # a folder under cluster.storage_path
     if "://" not in c.storage_path:
         c = dataclasses.replace(c, storage_path=str((base_dir / c.storage_path).expanduser().resolve()))
     elif c.fail_at_step is not None:

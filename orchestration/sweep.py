@@ -34,7 +34,7 @@ from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_reachable, check_store_shared, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
-from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, launch, log
+from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, log, run_experiment
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             print("µTransfer: " + " ".join(command))
             summary["transfer_command"] = command
             if args.launch:
-                summary["transfer_run"] = launch(load_launch(args.transfer_to, sets, Path.cwd()), Path.cwd())
+                summary["transfer_run"] = run_experiment(load_launch(args.transfer_to, sets, Path.cwd()), Path.cwd())
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

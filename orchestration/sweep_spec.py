@@ -32,7 +32,7 @@ from mupvit.config import Config, ConfigError, ModelConfig, parse_override, tota
 from mupvit.config_yaml import read_experiment, read_yaml
 from mupvit.errors import shown
 from mupvit.models.parametrization import with_width
-from mupvit.schema import build
+from mupvit.schema import build, check_folder_name
 from orchestration.launch_config import Launch, launch_from_dict
 
 DOMAINS = ("grid", "log2_grid", "choice", "loguniform", "uniform")
@@ -147,6 +147,9 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         raise _fail(p, f"expected a mapping of sweep keys, got {shown(raw)}")
     for text in sets:  # --set applies to the sweep's fixed overrides
         key, value = parse_override(text)
+        if isinstance(raw.get("space"), dict) and key in raw["space"]:
+            raise _fail(p, f"--set {key}: the sweep searches {key} (space.{key}); a fixed value would be overridden "
+                           "by every trial's sample: drop the --set, or remove the key from the space")
         raw.setdefault("overrides", {})[key] = value
     for key in ("search", "scheduler", "overrides"):
         raw[key] = raw.get(key) or {}
@@ -154,6 +157,7 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
         f = build(SweepFile, raw)
     except ConfigError as err:
         raise _fail(p, str(err)) from None
+    check_folder_name(f"{p}: name", f.name)  # a folder under the storage path
     base_path = Path(f.base).expanduser()
     if not base_path.is_file():
         raise _fail(p, f"base: experiment file {base_path} not found (paths are relative to the current directory)")

@@ -70,7 +70,7 @@ def check_data_on_worker(launch: Launch) -> int:
         raise DataError(f"on a worker node: {cause}") from None
 
 
-def launch(launch: Launch, base_dir: Path) -> dict[str, Any]:
+def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
     """Everything after the config was read: checks, MLflow run, Ray Train fit. Returns the summary."""
     c = launch.cluster
     if "://" not in c.storage_path:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
-        summary = launch(load_launch(args.config, args.overrides, Path.cwd()), Path.cwd())
+        summary = run_experiment(load_launch(args.config, args.overrides, Path.cwd()), Path.cwd())
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

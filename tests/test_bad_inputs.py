@@ -116,6 +116,7 @@ SWEEP_CASES = {
     "search_list": ({"search": ["grid"]}, "search: expected a mapping"),
     "space_list": ({"space": ["optim.lr"]}, "space: expected a mapping"),
     "name": ({"name": 3}, "name: got 3, expected a string"),
+    "name_path": ({"name": "../../x"}, "name: got '../../x', expected a plain name"),
 }
 
 
@@ -129,3 +130,25 @@ def test_bad_sweep_files(name, tmp_path, capsys):
 def test_a_sweep_set_that_is_not_yaml(tmp_path, capsys):
     assert sweep_main([str(write_sweep(tmp_path)), "--set", "optim.lr=[0.1"]) == 2
     assert "--set optim.lr: value '[0.1' is not valid YAML" in one_line_error(capsys)
+
+
+def test_an_empty_out_dir_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were it taken, the checkpoints would land here
+    assert train_main([DEMO, "--set", "train.out_dir="]) == 2
+    assert "train.out_dir: empty; name the folder for the checkpoints" in one_line_error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sweep_set_of_a_searched_key_is_refused(tmp_path, capsys):
+    assert sweep_main([str(write_sweep(tmp_path)), "--set", "optim.lr=0.5"]) == 2
+    assert "--set optim.lr: the sweep searches optim.lr (space.optim.lr)" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "/abs"])
+def test_a_run_name_that_is_not_one_folder_is_refused_before_any_cluster_work(name, tmp_path, capsys):
+    from orchestration.train import main as orchestrate_main
+
+    assert orchestrate_main([DEMO, "--set", f"tracking.run_name={name!r}" if name else "tracking.run_name=''",
+                             "--set", f"cluster.storage_path={tmp_path / 'storage'}"]) == 2
+    assert "tracking.run_name: got" in one_line_error(capsys)
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "x").exists()
