@@ -87,6 +87,12 @@ def write_bad(tmp_path: Path, name: str, content: bytes) -> Path:
     return path
 
 
+def torch_file(folder: Path, name: str, value: object) -> Path:
+    """A torch file that holds `value`: readable by torch.load, but not a mupvit checkpoint."""
+    torch.save(value, folder / name)
+    return folder / name
+
+
 def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_path, capsys):
     config_file, checkpoint, _ = trained
     whole = checkpoint.read_bytes()
@@ -100,8 +106,11 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_pat
     params["head/kernel"], params["head/bias"] = np.zeros((32, 1000), np.float32), np.zeros(1000, np.float32)
     np.savez(tmp_path / "classes.npz", **params)
     cases = {
-        write_bad(tmp_path, "notes.pt", b"not a checkpoint"): "not a readable mupvit checkpoint",
-        write_bad(tmp_path, "cut.pt", whole[: len(whole) // 2]): "not a readable mupvit checkpoint",
+        write_bad(tmp_path, "notes.pt", b"not a checkpoint"): "notes.pt: not a checkpoint (torch.load",
+        write_bad(tmp_path, "cut.pt", whole[: len(whole) // 2]): "cut.pt: not a checkpoint (torch.load",
+        torch_file(tmp_path, "tensor.pt", torch.zeros(3)): "tensor.pt: holds a Tensor, not a mupvit checkpoint",
+        torch_file(tmp_path, "list.pt", [1, 2]): "list.pt: holds a list, not a mupvit checkpoint",
+        torch_file(tmp_path, "bare.pt", {"format_version": 1, "model": {}}): "bare.pt: a mupvit checkpoint without",
         write_bad(tmp_path, "cut.npz", npz.read_bytes()[:200]): "not a readable .npz checkpoint",
         write_bad(tmp_path, "junk.safetensors", b"\x00" * 12): "not a readable .safetensors checkpoint",
         tmp_path / "shapes.npz": "mis-shaped: Transformer/encoderblock_0/LayerNorm_0/scale (7, model 32)",
@@ -113,6 +122,7 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_pat
         assert evaluate_main([str(config_file), "--checkpoint", str(path)]) == 2, path
         err = capsys.readouterr().err
         assert err.startswith("error: ") and str(path) in err and message in err, (path, err)
+        assert "weights_only" not in err and err.count("\n") == 1  # never torch's advice to run the file's code
 
 
 def test_a_safetensors_export_refuses_a_config_with_another_gelu(trained, tmp_path, capsys):

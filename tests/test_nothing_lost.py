@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mupvit.checkpoint import list_checkpoints, load_checkpoint
+from mupvit.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from mupvit.config import ConfigError, config_from_dict
 from mupvit.data import DataError
 from mupvit.outputs import FolderLock
@@ -94,6 +94,26 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_continues_exactly(digits
     a, b = load_checkpoint(resumed["checkpoint"])["model"], load_checkpoint(straight["checkpoint"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first.exists()  # nothing deleted but what the keep_ckpts pruning removes
+
+
+def test_files_named_like_checkpoints_are_skipped_and_never_push_ours_out(digits_root, tmp_path, capsys):
+    """Foreign files named for later steps (text, a tensor, a dict without the run's state) are skipped on resume,
+    and pruning to keep_ckpts=1 keeps this run's newest checkpoint: they prove nothing about ours."""
+    out = tmp_path / "run"
+    cfg = tiny_config(digits_root, out, **{"train.keep_ckpts": 1, "train.ckpt_every": 2})
+    run(cfg, QuietLogger(), stop_at_step=4)
+    foreign = [checkpoint_path(out, 999), checkpoint_path(out, 998), checkpoint_path(out, 997)]
+    foreign[0].write_text("notes")
+    torch.save(torch.zeros(2), foreign[1])
+    torch.save({"format_version": 1, "model": {}}, foreign[2])
+    summary = run(cfg, QuietLogger())
+    err = capsys.readouterr().err
+    assert all(f"skipping {path}: not a readable checkpoint" in err for path in foreign), err
+    assert "weights_only" not in err
+    assert Path(summary["checkpoint"]) == checkpoint_path(out, 8) and checkpoint_path(out, 8).exists()
+    assert list_checkpoints(out) == [checkpoint_path(out, 8), *reversed(foreign)]  # ours pruned to 1, theirs kept
+    again = run(cfg, QuietLogger())  # the same command once more: resumes from step 8, nothing left to train
+    assert again["finished"] and again["checkpoint"] == summary["checkpoint"]
 
 
 def test_when_no_checkpoint_loads_resume_fails_naming_them(digits_root, tmp_path, capsys):

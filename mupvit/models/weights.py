@@ -20,12 +20,9 @@ SEMANTIC_KEYS = ("gelu", "posemb", "pool", "head")
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
     """A mupvit.train checkpoint; anything else (not a torch file, cut short, another format) is an AdapterError."""
     try:
-        state = load_checkpoint(path)
+        return load_checkpoint(path)
     except UNREADABLE as err:
-        raise AdapterError(f"{path}: not a readable mupvit checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state.get("model"), dict) or "config" not in state:
-        raise AdapterError(f"{path}: a torch file, but not a mupvit checkpoint (no model state and config)")
-    return state
+        raise AdapterError(f"{err}; give a mupvit .pt, a big_vision .npz or a timm-layout .safetensors") from None
 
 
 def check_semantics(path: Path, recorded: dict[str, Any], cfg: Config) -> None:
