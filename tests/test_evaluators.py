@@ -50,7 +50,7 @@ def logged_steps(logger: QuietLogger, key: str) -> list[int]:
 
 def test_each_evaluator_runs_at_its_own_cadence(evaluated):
     _, _, logger, _ = evaluated
-    # 0.05 epochs of 1,368 images at batch 32 is step 2, and step 8 is the last: every evaluator runs there.
+    # 0.05 epochs of 1,438 images at batch 32 is step round(2.25) = 2, and step 8 is the last: all evaluators run.
     assert logged_steps(logger, "minival/acc1") == [2, 4, 6, 8]
     assert logged_steps(logger, "val/acc1") == [2, 4, 8]
     assert logged_steps(logger, "v2/acc1") == [2, 4, 8]  # no `every`: train.eval_every

@@ -116,7 +116,7 @@ def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_roo
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [4, 8]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/lr")] == [2, 4, 6, 8]
-    # 0.1 epochs of 1,368 images at batch 32 is step round(4.275) = 4.
+    # 0.1 epochs of 1,438 images at batch 32 is step round(4.49) = 4.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "acc1_at_0.1ep")] == [4]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "console.log", RESOLVED_ARTIFACT} <= artifacts
@@ -125,8 +125,8 @@ def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_roo
     assert resolved["launch"]["cluster"]["num_workers"] == 1
     derived = resolved["derived"]
     assert (derived["width"], derived["num_heads"], derived["mlp_dim"], derived["depth"]) == (32, 2, 64, 1)
-    assert derived["total_steps"] == 8 and derived["devices"] == 1 and derived["train_images"] == 1368
-    assert derived["epochs"] == pytest.approx(8 * 32 / 1368)
+    assert derived["total_steps"] == 8 and derived["devices"] == 1 and derived["train_images"] == 1438
+    assert derived["epochs"] == pytest.approx(8 * 32 / 1438)
     assert json.loads(summary_path.read_text())["mlflow_run_id"] == run.info.run_id
     # Submitted again after the data moved to another disk and with other logging: the same run, already finished.
     moved = tmp_path / "moved_digits"

@@ -87,11 +87,11 @@ def test_a_local_head_listens_on_loopback_only_and_refuses_a_client_without_the_
 
 LOCAL_RAY = """
 import json, sys
-from mupvit.config import config_from_dict
 from orchestration.cluster import connect
+from orchestration.launch_config import ClusterConfig
 import ray
 
-print(connect(config_from_dict({"data": {"dataset": "digits", "root": "unused"}})), flush=True)
+print(connect(ClusterConfig()), flush=True)
 print(json.dumps(ray.get_runtime_context().gcs_address), flush=True)
 sys.stdin.readline()
 """

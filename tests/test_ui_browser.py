@@ -15,7 +15,7 @@ from dashboards.ui import TRAINING_VIEW, free_port, serve
 from mupvit.train import run
 from orchestration.tracking import MlflowLogger, open_run
 
-from .helpers import tiny_config
+from .helpers import tiny_launch
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,11 +29,11 @@ UI_WAIT_MS = 60_000  # a cold React bundle on a busy 2-core machine
 pytestmark = pytest.mark.slow
 
 
-def train(uri: str, cfg, run_key: str, **open_args) -> str:
+def train(uri: str, launch, run_key: str, **open_args) -> str:
     """A real training run recorded the way orchestration does it (see orchestration/sweep_trial.py)."""
     client = MlflowClient(uri)
-    run_id, _ = open_run(client, cfg, run_key, REPO, **open_args)
-    run(cfg, MlflowLogger(uri, run_id))
+    run_id, _ = open_run(client, launch, run_key, REPO, **open_args)
+    run(launch.run, MlflowLogger(uri, run_id, launch=launch.sections()))
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -44,7 +44,7 @@ def build_store(folder: Path, digits_root: Path) -> dict[str, str]:
     client = MlflowClient(uri)
 
     def config(name: str, **overrides):
-        return tiny_config(digits_root, folder / "runs" / name, **{"tracking.experiment": EXPERIMENT, **overrides})
+        return tiny_launch(digits_root, folder / "runs" / name, **{"tracking.experiment": EXPERIMENT, **overrides})
 
     ids = {"uri": uri, "tiny_run": train(uri, config("tiny", **{"train.eval_at_epochs": [RESULT_EPOCHS]}), "tiny-run")}
     sweep = config("sweep")
