@@ -23,10 +23,13 @@ th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; white-space: nowrap; }
 th { background: #f3f5f8; position: sticky; top: 0; }
 tr:nth-child(even) td { background: #fafafa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.prose { white-space: normal; min-width: 18em; max-width: 30em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
 """
 NUMERIC = ' class="num"'
+PROSE = ' class="prose"'  # a long text (a run's departures from the paper) wraps instead of widening the table
+PROSE_CHARS = 40
 
 
 @dataclass
@@ -64,7 +67,9 @@ def table_html(frame: pd.DataFrame) -> str:
         cells = []
         for value in values:
             numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            cells.append(f"<td{NUMERIC if numeric else ''}>{html.escape(cell(value))}</td>")
+            text = cell(value)
+            kind = NUMERIC if numeric else PROSE if len(text) > PROSE_CHARS else ""
+            cells.append(f"<td{kind}>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 

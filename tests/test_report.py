@@ -272,6 +272,8 @@ def test_report_is_self_contained_with_figures_tables_and_sweep_artifacts(store,
     for section in ("Reproduction", "Ablations", "learning-rate transfer", "Training curves", "Coordinate check"):
         assert section in html
     assert "bs64" in html and "head_linear" in html and "76.7" in html
+    # A run's departures wrap in their cell instead of widening the table past the ReaL / v2 columns.
+    assert '<td class="prose">dataset=digits, ' in html and "td.prose { white-space: normal;" in html
 
     artifacts = {a.path for a in store.client.list_artifacts(store.ids["parent"], "report")}
     assert {"report/report.html", "report/figures", "report/tables"} <= artifacts
