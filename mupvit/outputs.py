@@ -25,7 +25,7 @@ def check_writable(folder: Path, what: str) -> None:
     """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not.
     Folders it had to create are removed again: a failed request leaves nothing behind."""
     probe = folder / f".write-probe-{os.getpid()}"
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
@@ -34,16 +34,27 @@ def check_writable(folder: Path, what: str) -> None:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
                           "nothing was trained") from None
     finally:
-        for path in created:  # deepest first
-            try:
-                path.rmdir()
-            except OSError:
-                break
+        remove_empty(created)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) as long as they are empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 class FolderLock:
     """An exclusive lock on `folder` for the life of a `with` block; a second holder is refused at once, with a
-    message naming the first (pid, host, command, start time)."""
+    message naming the first (pid, host, command, start time). A folder it created that holds nothing but the lock
+    when the block ends (a request refused before any work) is removed again."""
 
     def __init__(self, folder: Path, what: str) -> None:
         self.folder, self.what = folder, what
@@ -58,6 +69,7 @@ class FolderLock:
             return "another process"
 
     def __enter__(self) -> FolderLock:
+        self.created = missing_folders(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire()
@@ -71,4 +83,9 @@ class FolderLock:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         (self.folder / HOLDER_NAME).unlink(missing_ok=True)
+        lock_only = self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]
+        if lock_only:  # unlinked while held: filelock makes a process that opened it before retry on a new file
+            (self.folder / LOCK_NAME).unlink()
         self.lock.release()
+        if lock_only:
+            remove_empty(self.created)

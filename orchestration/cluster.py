@@ -116,24 +116,37 @@ def check_capacity(c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) 
                            f"cluster.num_workers={n}")
 
 
-def wait_for_free_resources(c: ClusterConfig, log=print) -> None:
-    """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s, then fail. Capacity is
-    checked again at every poll: a node that Ray marks dead meanwhile turns the wait into check_capacity's error."""
-    need = {k: v * c.num_workers for k, v in worker_resources(c).items()}
+def describe(resources: dict[str, float]) -> str:
+    """{"CPU": 2.0, "GPU": 1.0} as "2 CPU + 1 GPU"."""
+    return " + ".join(f"{amount:g} {key}" for key, amount in resources.items())
+
+
+def held_by_others(need: dict[str, float]) -> str:
+    """What other jobs hold of the resources in `need`, e.g. "other jobs hold 2 of the cluster's 2 CPU"."""
+    total, free = ray.cluster_resources(), ray.available_resources()
+    held = [f"{total.get(k, 0.0) - free.get(k, 0.0):g} of the cluster's {total.get(k, 0.0):g} {k}" for k in need]
+    return f"other jobs hold {', '.join(held)}"
+
+
+def wait_for_free_resources(c: ClusterConfig, log=print, need: dict[str, float] | None = None,
+                            purpose: str = "for the run's workers") -> float:
+    """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s for `need` (default: every
+    worker's resources) to be free, saying once what it waits for, then fail saying what was missing. Returns the
+    seconds of the wait left. Capacity is checked again at every poll: a node that Ray marks dead meanwhile turns
+    the wait into check_capacity's error. The driver's one implementation of waiting for resources."""
+    need = need or {k: v * c.num_workers for k, v in worker_resources(c).items()}
     deadline = time.monotonic() + c.resource_wait_s
     announced = False
     while True:
         free = ray.available_resources()
-        short = {k: (v, free.get(k, 0.0)) for k, v in need.items() if free.get(k, 0.0) < v}
-        if not short:
-            return
+        if all(free.get(k, 0.0) >= v for k, v in need.items()):
+            return max(0.0, deadline - time.monotonic())
         check_capacity(c)  # short: busy, or a node gone (the caller checked capacity just before the first poll)
         if time.monotonic() >= deadline:
-            busy = ", ".join(f"{k}: {have:g} free of {want:g} needed" for k, (want, have) in short.items())
-            raise ClusterError(f"resources busy for {c.resource_wait_s:g} s ({busy}); wait for other "
-                               "jobs to finish or raise cluster.resource_wait_s")
+            raise ClusterError(f"waited {c.resource_wait_s:g} s for {describe(need)} {purpose}, but "
+                               f"{held_by_others(need)}; wait for them to finish or raise cluster.resource_wait_s")
         if not announced:
-            log(f"waiting up to {c.resource_wait_s:g} s for free resources {need}")
+            log(f"waiting up to {c.resource_wait_s:g} s for {describe(need)} {purpose} ({held_by_others(need)})")
             announced = True
         time.sleep(1.0)
 

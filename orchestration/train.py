@@ -4,11 +4,12 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m orchestration.train CONFIG
 
 Order of work, so that a bad request costs seconds and leaves nothing behind: config -> tracking store reachable
--> Ray cluster can hold the workers -> dataset readable on a worker -> MLflow run (found again on resubmission)
--> TorchTrainer.fit(). The run name is deterministic (config file stem + the run's fingerprint, which changes only
-with settings that change the optimisation; or tracking.run_name), so running the same command after a crash, or
-after changing a resumable setting such as data.root or train.log_every, resumes from the latest checkpoint in
-cluster.storage_path.
+-> the run's lock (a second driver of the run is refused at once) -> Ray cluster can hold the workers -> dataset
+readable on a worker -> MLflow run (found again on resubmission) -> TorchTrainer.fit(). Every wait for busy
+resources is bounded by cluster.resource_wait_s. The run name is deterministic (config file stem + the run's
+fingerprint, which changes only with settings that change the optimisation; or tracking.run_name), so running the
+same command after a crash, or after changing a resumable setting such as data.root or train.log_every, resumes
+from the latest checkpoint in cluster.storage_path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,15 @@ from mupvit.config import ConfigError, add_set_argument, check_budget, run_finge
 from mupvit.data import DataError, build_splits, eval_sets
 from mupvit.outputs import FolderLock, check_writable
 from mupvit.results import add_summary_argument, emit_summary
-from orchestration.cluster import ClusterError, check_capacity, connect, node_count, wait_for_free_resources
+from orchestration.cluster import (
+    ClusterError,
+    check_capacity,
+    connect,
+    describe,
+    node_count,
+    wait_for_free_resources,
+    worker_resources,
+)
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
@@ -38,6 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
 INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
 REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers
+# How long the data probe may take to start once its resources were seen free: a Ray worker process starts in
+# seconds, more on a loaded node.
+PROBE_START_S = 30.0
 
 
 def log(text: str) -> None:
@@ -49,25 +63,47 @@ def run_name(launch: Launch) -> str:
     return launch.tracking.run_name or f"{Path(launch.source).stem}-{run_fingerprint(launch.run)}"
 
 
-@ray.remote
-def _probe_data(config: dict[str, Any]) -> int:
-    """Runs where a worker would: the train split and every evaluator's data must be readable there."""
+@ray.remote(num_returns="streaming")
+def _probe_data(config: dict[str, Any]) -> Iterator[int | None]:
+    """Runs where a worker would: the train split and every evaluator's data must be readable there. Yields None
+    as soon as it runs (it holds its resources: what follows is reading, not waiting), then the train split's size."""
     from mupvit.config import config_from_dict
 
+    yield None
     cfg = config_from_dict(config)
     splits = build_splits(cfg)
     eval_sets(cfg, splits)
-    return len(splits[cfg.data.train_split])
+    yield len(splits[cfg.data.train_split])
 
 
 def check_data_on_worker(launch: Launch) -> int:
+    """The train split's size, read on a worker node by a probe holding one worker's resources; those are waited
+    for at most cluster.resource_wait_s (then a ClusterError), the reading itself is not bounded."""
     c = launch.cluster
-    options = {"num_cpus": c.cpus_per_worker, **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {})}
+    need = worker_resources(c)
+    left = wait_for_free_resources(c, log, need, "on a worker node to probe the data")
+    probe = _probe_data.options(num_cpus=c.cpus_per_worker, **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {}))
+    probe = probe.remote(launch.run.to_dict())
+    start_s = max(left, PROBE_START_S)
+    if not ray.wait([probe], timeout=start_s)[0]:  # the free resources were taken meanwhile, or no worker starts
+        ray.cancel(probe, force=True)
+        raise ClusterError(f"the data probe did not start on a worker node within {start_s:g} s although "
+                           f"{describe(need)} looked free (another job took it, or no Ray worker starts there); "
+                           "run the same command again, or raise cluster.resource_wait_s")
     try:
-        return ray.get(_probe_data.options(**options).remote(launch.run.to_dict()))
+        ray.get(next(probe))
+        return ray.get(next(probe))
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else err
         raise DataError(f"on a worker node: {cause}") from None
+
+
+def run_lock(c: ClusterConfig, name: str) -> AbstractContextManager[Any]:
+    """One driver per run, across jobs: the lock of the run's folder in a local cluster.storage_path. A bucket
+    (`scheme://`) has no local lock yet, so two drivers of one run there are not kept apart."""
+    if "://" in c.storage_path:
+        return nullcontext()
+    return FolderLock(Path(c.storage_path) / name, f"run {name}")
 
 
 def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
@@ -77,16 +113,16 @@ def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
         check_writable(Path(c.storage_path), "cluster.storage_path")
     uri = tracking_uri(launch.tracking, base_dir)
     check_reachable(uri)
-    log(f"connecting: {connect(c)}")
-    interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
-    # FAILED, and a crash dump of Ray's threads)
-    check_capacity(c)
-    check_store_shared(uri, node_count())
-    check_budget(launch.run, check_data_on_worker(launch))
     name = run_name(launch)
-    if "://" in c.storage_path:
-        return record(launch, name, uri)
-    with FolderLock(Path(c.storage_path) / name, f"run {name}"):  # one driver per run, across jobs
+    # The run's lock before anything that waits (Ray, the data probe, the workers' resources): a second driver of
+    # the run is refused at once, naming the first, instead of waiting for it and then finding its run finished.
+    with run_lock(c, name):
+        log(f"connecting: {connect(c)}")
+        interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
+        # FAILED, and a crash dump of Ray's threads)
+        check_capacity(c)
+        check_store_shared(uri, node_count())
+        check_budget(launch.run, check_data_on_worker(launch))
         return record(launch, name, uri)
 
 
