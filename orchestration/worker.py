@@ -23,6 +23,7 @@ from mupvit.config import Config, config_from_dict
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
+from orchestration.scratch import scratch_folder
 from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -57,8 +58,9 @@ def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Pa
 
 @contextmanager
 def checkpoint_folder(path: str, **notes: str) -> Iterator[str]:
-    """A temporary folder holding the checkpoint file (plus small text notes), for Ray to persist."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """A temporary folder holding the checkpoint file (plus small text notes), for Ray to persist. It is made next to
+    the checkpoint, in the worker's scratch folder: a worker killed mid-report leaves it to the next one's cleanup."""
+    with tempfile.TemporaryDirectory(prefix="ray-report-", dir=Path(path).parent) as tmp:
         shutil.copy2(path, Path(tmp) / CHECKPOINT_FILE)
         for name, text in notes.items():
             (Path(tmp) / name).write_text(text)
@@ -161,19 +163,18 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
     """The body of every run that Ray runs (a Train worker, a one-worker sweep trial): train in a scratch folder,
     resuming from Ray's checkpoint when there is one, with `loggers`, a RayReporter through `api` (ray.train or
     ray.tune) and then `after`; a sweep trial (`sweep`: report_every, metric, mode) reports more often and records
-    divergence as a result. The scratch folder is removed however the run ends."""
-    scratch = Path(tempfile.mkdtemp(prefix="mupvit-worker-"))
+    divergence as a result. The scratch folder is removed however the run ends (by the next worker on the node if
+    this one is killed: orchestration/scratch.py)."""
     reporter = RayReporter(api, every=sweep["report_every"] if sweep else 0,
                            before_report=tracker.flush if tracker else lambda: None, notes=notes)
-    try:
-        run(in_scratch(cfg, scratch), MultiLogger(*loggers, reporter, *after), device=device,
-            resume_from=fetch_checkpoint(api.get_checkpoint(), scratch))
-    except TrainingDiverged as err:
-        if not sweep:
-            raise
-        record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_folder() as scratch:
+        try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
+            run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
+                resume_from=fetch_checkpoint(api.get_checkpoint(), scratch))
+        except TrainingDiverged as err:
+            if not sweep:
+                raise
+            record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
