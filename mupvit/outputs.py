@@ -1,7 +1,7 @@
 """Where finished work goes must be usable before work starts: `check_writable` probes a folder (create, write,
 remove a file) so an unwritable out_dir fails in seconds, not after hours of training; `FolderLock` keeps a second
 process off a folder that one is already writing (an OS lock, so it dies with its holder and a rerun after a crash
-takes over)."""
+takes over) and leaves nothing behind: its lock files go, and so do the folders it made when they are still empty."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def check_writable(folder: Path, what: str) -> None:
     """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not.
     Folders it had to create are removed again: a failed request leaves nothing behind."""
     probe = folder / f".write-probe-{os.getpid()}"
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
@@ -34,20 +34,33 @@ def check_writable(folder: Path, what: str) -> None:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
                           "nothing was trained") from None
     finally:
-        for path in created:  # deepest first
-            try:
-                path.rmdir()
-            except OSError:
-                break
+        remove_empty(created)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: what a request made and left unused."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 class FolderLock:
     """An exclusive lock on `folder` for the life of a `with` block; a second holder is refused at once, with a
-    message naming the first (pid, host, command, start time)."""
+    message naming the first (pid, host, command, start time). On exit the lock files are removed, and so is the
+    folder (and its parents) when the lock made it and nothing was written there: a run that stops during setup
+    leaves the disk as it found it."""
 
     def __init__(self, folder: Path, what: str) -> None:
         self.folder, self.what = folder, what
         self.lock = FileLock(folder / LOCK_NAME, timeout=0, fallback_to_soft=False)
+        self.created: list[Path] = []
 
     def holder(self) -> str:
         try:
@@ -58,6 +71,7 @@ class FolderLock:
             return "another process"
 
     def __enter__(self) -> FolderLock:
+        self.created = missing_folders(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire()
@@ -71,4 +85,8 @@ class FolderLock:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         (self.folder / HOLDER_NAME).unlink(missing_ok=True)
+        # Unlinked while still held: a process that opened the old file just before finds it unlinked once it gets
+        # the lock, and filelock (checking st_nlink) does not count that as held, so there are never two holders.
+        (self.folder / LOCK_NAME).unlink(missing_ok=True)
         self.lock.release()
+        remove_empty(self.created)

@@ -236,3 +236,21 @@ def test_a_bad_val_image_saves_the_trained_steps_says_one_line_and_the_resume_ru
     assert '"val": {"acc1"' in capsys.readouterr().out
     final = load_checkpoint(checkpoint_path(tmp_path / "run", 6))
     assert not final["eval_pending"] and "val" in final["eval"]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_stops_in_setup_leaves_the_out_dir_as_it_found_it(digits_root, tmp_path, capsys, existed):
+    """train.devices 2 in one process fails in setup, inside the folder lock: no lock file is left, and a folder
+    the run made (with the parents it made) is removed again; one that existed keeps what it held."""
+    out = tmp_path / "made" / "run"
+    if existed:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine")
+    config = write_config(tmp_path, tiny_config(digits_root, out, **{"train.devices": 2, "train.batch_size": 32}))
+    assert main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.devices: 2, but this process group has 1") and err.count("\n") == 1
+    if existed:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not (tmp_path / "made").exists()
