@@ -1,5 +1,6 @@
 """Where finished work goes must be usable before work starts: `check_writable` probes a folder (create, write,
-remove a file) so an unwritable out_dir fails in seconds, not after hours of training; `FolderLock` keeps a second
+remove a file) so an unwritable out_dir fails in seconds, not after hours of training, and `check_output_file` the
+file a command writes at its end (a summary, an export); `FolderLock` keeps a second
 process off a folder that one is already writing (an OS lock, so it dies with its holder and a rerun after a crash
 takes over) and leaves nothing behind: its lock files go, and so do the folders it made when they are still empty."""
 
@@ -32,9 +33,26 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
-                          "nothing was trained") from None
+                          "nothing was started") from None
     finally:
         remove_empty(created)
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """The file a command writes once its work is done must be writable before the work starts: not a directory,
+    in a writable folder (check_writable), and, where it exists, writable itself (opened to append, which changes
+    nothing: an immutable or read-only file fails here)."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a directory; name a file, e.g. {path / 'summary.json'}, "
+                          "nothing was started")
+    check_writable(path.parent, what)
+    if path.exists():
+        try:
+            with path.open("ab"):
+                pass
+        except OSError as err:
+            raise ConfigError(f"{what}: cannot write to {path} ({err.strerror or err}); choose a writable file, "
+                              "nothing was started") from None
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -47,7 +47,7 @@ from mupvit.models.shapes import model_shape
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
-from mupvit.outputs import FolderLock, check_writable
+from mupvit.outputs import FolderLock, check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary, result_name
 
 
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             print(param_groups_report(cfg))
             return 0
         if args.summary_json:
-            check_writable(Path(args.summary_json).expanduser().resolve().parent, "--summary-json")
+            check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
         summary = run(cfg)
     except (ConfigError, DataError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
