@@ -38,10 +38,11 @@ from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.data.prefetch import DevicePrefetcher
 from mupvit.data.stream import TrainSample
-from mupvit.device import resolve_device
+from mupvit.device import device_memory, resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
+from mupvit.memory import check_memory
 from mupvit.models.build import build_model
 from mupvit.models.shapes import model_shape
 from mupvit.models.vit import ViT
@@ -155,6 +156,7 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
             "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
         )
     device = device or resolve_device(t.device)
+    check_memory(cfg, *device_memory(device))  # before the data is read and the model allocated
     splits = build_splits(cfg)
     num_train = len(splits[cfg.data.train_split])
     check_budget(cfg, num_train)
