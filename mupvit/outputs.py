@@ -43,8 +43,7 @@ def check_output_file(path: Path, what: str) -> None:
     in a writable folder (check_writable), and, where it exists, writable itself (opened to append, which changes
     nothing: an immutable or read-only file fails here)."""
     if path.is_dir():
-        raise ConfigError(f"{what}: {path} is a directory; name a file, e.g. {path / 'summary.json'}, "
-                          "nothing was started")
+        raise ConfigError(f"{what}: {path} is a directory; name a file to write, nothing was started")
     check_writable(path.parent, what)
     if path.exists():
         try:
