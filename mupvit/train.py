@@ -386,7 +386,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
     state.model.train()
     watch = LossWatch(state)
-    if state.eval_pending:  # resumed from a checkpoint whose eval failed (a bad file): that eval, then its save
+    if state.eval_pending and state.start in state.points:  # resumed where an eval failed (a bad file): it first
         eval_point(state, state.start, loaders, eval_forward, watch, logger)
         save(state, state.start, logger)
     for step in range(state.start, end):
