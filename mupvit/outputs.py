@@ -1,8 +1,8 @@
 """Where finished work goes must be usable before work starts: `check_writable` probes a folder (create, write,
 remove a file) so an unwritable out_dir fails in seconds, not after hours of training, and `check_output_file` the
-file a command writes at its end (a summary, an export); `FolderLock` keeps a second
-process off a folder that one is already writing (an OS lock, so it dies with its holder and a rerun after a crash
-takes over) and leaves nothing behind: its lock files go, and so do the folders it made when they are still empty."""
+file a command writes at its end (a summary, an export). `FolderLock` keeps a second process off a folder that one
+is already writing (an OS lock, so it dies with its holder and a rerun after a crash takes over) and leaves nothing
+behind: its lock files go, and so do the folders it made when they are still empty."""
 
 from __future__ import annotations
 

@@ -350,7 +350,7 @@ def stopped_by_bad_data(err: DataError, state: RunState, step: int, watch: LossW
     trained since the last checkpoint (one process only: with several ranks the others would wait in the
     checkpoint's collective). A checkpoint saved for a failed eval is marked so that the resume runs that eval."""
     unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
-    if state.world == 1 and step > state.start and (unsaved or in_eval):
+    if state.world == 1 and step > state.start and unsaved:
         watch.check(step)  # never save a diverged model
         save(state, step, logger, eval_pending=in_eval)
     where = f"in the eval of step {step}" if in_eval else f"at step {step}"
