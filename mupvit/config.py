@@ -25,6 +25,7 @@ import yaml
 
 from mupvit.config_yaml import chain_text, parse_yaml, read_experiment, yaml_error
 from mupvit.errors import ConfigError, shown
+from mupvit.memory import MAX_DEVICE_BYTES, check_memory
 from mupvit.models.shapes import check_model
 from mupvit.schema import build, check_signs, matches, resumable, resumable_keys
 
@@ -417,6 +418,8 @@ def validate(cfg: Config) -> None:
     _check_evals(cfg)
     _check_outputs(cfg.train)
     _check_budget(cfg, None)
+    # what fits nowhere, before any launcher's work; the device's own memory is compared at setup
+    check_memory(cfg, MAX_DEVICE_BYTES, "no single device has more than")
 
 
 def check_budget(cfg: Config, num_train: int) -> None:

@@ -1,6 +1,8 @@
-"""The torch device a run asks for (train.device)."""
+"""The torch device a run asks for (train.device), and how much memory it has."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -13,3 +15,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what has them) of `device`: a GPU's total memory, else the host's physical RAM (a CPU run's
+    tensors live there)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_properties(device).total_memory, f"{device} ({name}) has"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's RAM is"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,9 +20,11 @@ from torch import nn
 
 from mupvit.config import ConfigError, add_set_argument, load_config
 from mupvit.data import DataError, build_splits, eval_loader, eval_sets
+from mupvit.data.datasets import worker_message
 from mupvit.device import resolve_device
 from mupvit.models.build import build_model
 from mupvit.models.weights import load_weights
+from mupvit.outputs import check_output_file
 from mupvit.results import add_summary_argument, describe_eval, emit_summary
 
 
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.summary_json:
+            check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
         if not cfg.evals:
             raise ConfigError("evals: empty; declare the evaluators to run, e.g. --set 'evals={val: {split: val}}'")
         device = resolve_device(cfg.train.device)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             summary[name] = evaluate(model, loader, device, cfg.train.precision, real_labels=e.real_labels)
             print(f"{name}: {describe_eval(summary[name])}  ({len(e.split)} images)", file=sys.stderr)
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {worker_message(err)}", file=sys.stderr)  # a bad image: its line, not the worker's traceback
         return 2
     emit_summary(summary, args.summary_json)
     return 0

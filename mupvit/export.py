@@ -23,6 +23,7 @@ from mupvit.models.adapters.base import HEAD, full_state
 from mupvit.models.adapters.files import LAYOUTS, write_npz, write_safetensors
 from mupvit.models.build import build_model
 from mupvit.models.weights import read_training_checkpoint
+from mupvit.outputs import check_output_file
 from mupvit.results import emit_summary
 
 SUFFIX = {layout: suffix for suffix, layout in LAYOUTS.items()}
@@ -41,10 +42,11 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def export(checkpoint: Path, layout: str, out: Path, no_head: bool = False) -> dict:
-    if out.suffix != SUFFIX[layout]:
-        raise ConfigError(f"--out {out}: a {layout} export is a {SUFFIX[layout]} file")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    check_output_file(out.resolve(), "--out")  # before the checkpoint is read
+    if out.suffix != SUFFIX[layout]:
+        raise ConfigError(f"--out {out}: a {layout} export is a {SUFFIX[layout]} file")
     checkpoint = resolve_checkpoint(checkpoint)
     state = read_training_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"])

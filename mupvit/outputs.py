@@ -1,7 +1,8 @@
 """Where finished work goes must be usable before work starts: `check_writable` probes a folder (create, write,
-remove a file) so an unwritable out_dir fails in seconds, not after hours of training; `FolderLock` keeps a second
-process off a folder that one is already writing (an OS lock, so it dies with its holder and a rerun after a crash
-takes over)."""
+remove a file) so an unwritable out_dir fails in seconds, not after hours of training, and `check_output_file` the
+file a command writes at its end (a summary, an export). `FolderLock` keeps a second process off a folder that one
+is already writing (an OS lock, so it dies with its holder and a rerun after a crash takes over) and leaves nothing
+behind: its lock files go, and so do the folders it made when they are still empty."""
 
 from __future__ import annotations
 
@@ -32,18 +33,34 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
-                          "nothing was trained") from None
+                          "nothing was started") from None
     finally:
         remove_empty(created)
 
 
+def check_output_file(path: Path, what: str) -> None:
+    """The file a command writes once its work is done must be writable before the work starts: not a directory,
+    in a writable folder (check_writable), and, where it exists, writable itself (opened to append, which changes
+    nothing: an immutable or read-only file fails here)."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a directory; name a file to write, nothing was started")
+    check_writable(path.parent, what)
+    if path.exists():
+        try:
+            with path.open("ab"):
+                pass
+        except OSError as err:
+            raise ConfigError(f"{what}: cannot write to {path} ({err.strerror or err}); choose a writable file, "
+                              "nothing was started") from None
+
+
 def missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first."""
+    """`folder` and its parents that do not exist yet, deepest first."""
     return [p for p in (folder, *folder.parents) if not p.exists()]
 
 
 def remove_empty(folders: list[Path]) -> None:
-    """Remove `folders` (deepest first) as long as they are empty."""
+    """Remove `folders` (deepest first) while they are empty: what a request made and left unused."""
     for path in folders:
         try:
             path.rmdir()
@@ -53,12 +70,14 @@ def remove_empty(folders: list[Path]) -> None:
 
 class FolderLock:
     """An exclusive lock on `folder` for the life of a `with` block; a second holder is refused at once, with a
-    message naming the first (pid, host, command, start time). A folder it created that holds nothing but the lock
-    when the block ends (a request refused before any work) is removed again."""
+    message naming the first (pid, host, command, start time). On exit the lock files are removed, and so is the
+    folder (and its parents) when the lock made it and nothing was written there: a run that stops during setup
+    leaves the disk as it found it."""
 
     def __init__(self, folder: Path, what: str) -> None:
         self.folder, self.what = folder, what
         self.lock = FileLock(folder / LOCK_NAME, timeout=0, fallback_to_soft=False)
+        self.created: list[Path] = []
 
     def holder(self) -> str:
         try:
@@ -83,9 +102,8 @@ class FolderLock:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         (self.folder / HOLDER_NAME).unlink(missing_ok=True)
-        lock_only = self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]
-        if lock_only:  # unlinked while held: filelock makes a process that opened it before retry on a new file
-            (self.folder / LOCK_NAME).unlink()
+        # Unlinked while still held: a process that opened the old file just before finds it unlinked once it gets
+        # the lock, and filelock (checking st_nlink) does not count that as held, so there are never two holders.
+        (self.folder / LOCK_NAME).unlink(missing_ok=True)
         self.lock.release()
-        if lock_only:
-            remove_empty(self.created)
+        remove_empty(self.created)

@@ -137,5 +137,6 @@ def emit_summary(summary: dict[str, Any], path: str | None = None) -> None:
     """The summary as one JSON line: the last line of stdout, and the whole of `path` when given."""
     line = json.dumps(summary, default=str)
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # the probe before the work made and removed it
         Path(path).write_text(line + "\n")
     print(line)

@@ -38,16 +38,17 @@ from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.data.prefetch import DevicePrefetcher
 from mupvit.data.stream import TrainSample
-from mupvit.device import resolve_device
+from mupvit.device import device_memory, resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
 from mupvit.logger import ConsoleLogger, RunLogger
+from mupvit.memory import check_memory
 from mupvit.models.build import build_model
 from mupvit.models.shapes import model_shape
 from mupvit.models.vit import ViT
 from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
-from mupvit.outputs import FolderLock, check_writable
+from mupvit.outputs import FolderLock, check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary, result_name
 
 
@@ -142,6 +143,7 @@ class RunState:
     results: dict[str, float | None] = field(default_factory=dict)
     last_eval: dict[str, dict[str, float]] = field(default_factory=dict)
     last_ckpt: str | None = None
+    eval_pending: bool = False  # the checkpoint of `start` was saved when its eval failed: run that eval first
 
 
 def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | None) -> RunState:
@@ -154,6 +156,7 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
             "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
         )
     device = device or resolve_device(t.device)
+    check_memory(cfg, *device_memory(device))  # before the data is read and the model allocated
     splits = build_splits(cfg)
     num_train = len(splits[cfg.data.train_split])
     check_budget(cfg, num_train)
@@ -185,18 +188,20 @@ def restore(state: RunState, ckpt: Path, saved: dict[str, Any]) -> None:
     state.optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"])
     state.start, state.results, state.last_eval = saved["step"], saved["results"], saved["eval"]
+    state.eval_pending = saved.get("eval_pending", False)  # absent in checkpoints written before it existed
     state.last_ckpt = str(ckpt)
 
 
-def save(state: RunState, step: int, logger: RunLogger) -> None:
-    """Rank 0 writes the checkpoint of `step`; every rank tells the logger (path None where rank != 0)."""
+def save(state: RunState, step: int, logger: RunLogger, eval_pending: bool = False) -> None:
+    """Rank 0 writes the checkpoint of `step`; every rank tells the logger (path None where rank != 0).
+    `eval_pending`: the eval scheduled at `step` has not run (it failed), so the resume runs it first."""
     if state.rank != 0:
         logger.checkpoint(step, None)
         return
     path = save_checkpoint(state.out_dir, step, {
         "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "rng": torch.get_rng_state(),
         "stream_position": step * state.cfg.train.batch_size, "config": state.cfg.to_dict(),
-        "results": state.results, "eval": state.last_eval,
+        "results": state.results, "eval": state.last_eval, "eval_pending": eval_pending,
     }, state.cfg.train.keep_ckpts)
     state.last_ckpt = str(path)
     logger.checkpoint(step, state.last_ckpt)
@@ -339,14 +344,27 @@ def run_info(state: RunState) -> dict[str, Any]:
             "start_step": state.start, "resumed_from": state.last_ckpt, "out_dir": str(state.out_dir)}
 
 
-def stopped_by_bad_data(err: DataError, state: RunState, step: int, watch: LossWatch, logger: RunLogger) -> DataError:
-    """The one-line error for a bad file met before `step`, after saving the steps trained since the last
-    checkpoint (one process only: with several ranks the others would wait in the checkpoint's collective)."""
+def stopped_by_bad_data(err: DataError, state: RunState, step: int, watch: LossWatch, logger: RunLogger,
+                        in_eval: bool = False) -> DataError:
+    """The one-line error for a bad file met before `step` (or in its eval, `in_eval`), after saving the steps
+    trained since the last checkpoint (one process only: with several ranks the others would wait in the
+    checkpoint's collective). A checkpoint saved for a failed eval is marked so that the resume runs that eval."""
     unsaved = state.last_ckpt != str(checkpoint_path(state.out_dir, step))
     if state.world == 1 and step > state.start and unsaved:
         watch.check(step)  # never save a diverged model
-        save(state, step, logger)
-    return DataError(f"{worker_message(err)} (stopped at step {step}; last checkpoint: {state.last_ckpt or 'none'})")
+        save(state, step, logger, eval_pending=in_eval)
+    where = f"in the eval of step {step}" if in_eval else f"at step {step}"
+    return DataError(f"{worker_message(err)} (stopped {where}; last checkpoint: {state.last_ckpt or 'none'}; "
+                     "run the same command to resume)")
+
+
+def eval_point(state: RunState, step: int, loaders: dict[str, Any], forward: nn.Module, watch: LossWatch,
+               logger: RunLogger) -> None:
+    """The evals scheduled at `step`; a bad eval file saves the trained steps first, then stops the run."""
+    try:
+        logger.metrics(step, run_evals(state, step, loaders, forward))
+    except DataError as err:
+        raise stopped_by_bad_data(err, state, step, watch, logger, in_eval=True) from None
 
 
 def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
@@ -368,6 +386,9 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
     state.model.train()
     watch = LossWatch(state)
+    if state.eval_pending and state.start in state.points:  # resumed where an eval failed (a bad file): it first
+        eval_point(state, state.start, loaders, eval_forward, watch, logger)
+        save(state, state.start, logger)
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
@@ -397,7 +418,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
                 skipped_total, skipped = skipped_total + int(values["train/skipped_images"]), 0
             logger.metrics(done, values)
         if done in state.points:
-            logger.metrics(done, run_evals(state, done, loaders, eval_forward))
+            eval_point(state, done, loaders, eval_forward, watch, logger)
         if saving:
             save(state, done, logger)
     summary: dict[str, Any] = {
@@ -438,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             print(param_groups_report(cfg))
             return 0
         if args.summary_json:
-            check_writable(Path(args.summary_json).expanduser().resolve().parent, "--summary-json")
+            check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
         summary = run(cfg)
     except (ConfigError, DataError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -209,3 +209,48 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_older_ones_and_says_how_t
     assert f"newest kept: {out / 'ckpt_000000004.pt'}" in errors[0] and "run the same command" in errors[0]
     assert sorted(p.name for p in out.iterdir() if "ckpt" in p.name) == ["ckpt_000000004.pt"]  # no partial file
     assert load_checkpoint(out / "ckpt_000000004.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("eval_every", ["null", 2])
+def test_a_bad_val_image_saves_the_trained_steps_says_one_line_and_the_resume_runs_that_eval(tmp_path, capsys,
+                                                                                              eval_every):
+    """At the final eval (eval_every null) or a mid-run one (eval_every 2), with no periodic checkpoint: the steps
+    trained are saved before the run stops, the worker's traceback stays off the console, and the resume after the
+    fix runs the eval that failed."""
+    cfg, bad_train = bad_image_run(tmp_path, 1, **{"train.ckpt_every": "null", "train.total_steps": 6,
+                                                   "train.eval_every": eval_every})
+    Image.new("RGB", (16, 16)).save(bad_train)  # only the val image is bad here
+    bad_val = Path(cfg.data.root) / "val" / "c0" / "0.png"
+    bad_val.write_bytes(b"not an image")
+    config = write_config(tmp_path, cfg)
+    assert main([str(config)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("[step", "run:"))]
+    step = 6 if eval_every == "null" else 2
+    saved = checkpoint_path(tmp_path / "run", step)
+    assert errors == [f"error: cannot decode image {bad_val}: cannot identify image file '{bad_val}'. Remove or "
+                      f"replace the file. (stopped in the eval of step {step}; last checkpoint: {saved}; run the "
+                      "same command to resume)"]
+    assert list_checkpoints(tmp_path / "run") == [saved] and load_checkpoint(saved)["eval_pending"]
+    Image.new("RGB", (16, 16)).save(bad_val)
+    assert main([str(config)]) == 0
+    assert '"val": {"acc1"' in capsys.readouterr().out
+    final = load_checkpoint(checkpoint_path(tmp_path / "run", 6))
+    assert not final["eval_pending"] and "val" in final["eval"]
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_that_stops_in_setup_leaves_the_out_dir_as_it_found_it(digits_root, tmp_path, capsys, existed):
+    """train.devices 2 in one process fails in setup, inside the folder lock: no lock file is left, and a folder
+    the run made (with the parents it made) is removed again; one that existed keeps what it held."""
+    out = tmp_path / "made" / "run"
+    if existed:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("mine")
+    config = write_config(tmp_path, tiny_config(digits_root, out, **{"train.devices": 2, "train.batch_size": 32}))
+    assert main([str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.devices: 2, but this process group has 1") and err.count("\n") == 1
+    if existed:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    else:
+        assert not (tmp_path / "made").exists()
