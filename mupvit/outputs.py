@@ -21,9 +21,9 @@ LOCK_NAME = ".mupvit.lock"
 HOLDER_NAME = ".mupvit.lock.holder"
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not.
-    Folders it had to create are removed again: a failed request leaves nothing behind."""
+def check_writable(folder: Path, what: str, nothing_done: str = "nothing was trained") -> None:
+    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` (and
+    `nothing_done`) if not. Folders it had to create are removed again: a failed request leaves nothing behind."""
     probe = folder / f".write-probe-{os.getpid()}"
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
@@ -32,7 +32,7 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
-                          "nothing was trained") from None
+                          f"{nothing_done}") from None
     finally:
         for path in created:  # deepest first
             try:
