@@ -131,3 +131,14 @@ def damaged_npz(path: Path, compression: int, old: bytes, new: bytes) -> None:
                 assert old in data and len(old) == len(new)
                 data = data.replace(old, new, 1)
             out.writestr(name, data)
+
+
+def corrupt_jpeg(path: Path, size: tuple[int, int] = (12, 10)) -> Path:
+    """A real JPEG with 497 extraneous bytes before its end marker, as some ImageNet files have: libjpeg-turbo
+    refuses it ("Corrupt JPEG data: 496 extraneous bytes before marker 0xd9"), Pillow decodes it."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 150)).save(buf, "JPEG")
+    data = buf.getvalue()
+    path.write_bytes(data[:-2] + b"\x00" * 497 + data[-2:])
+    return path
