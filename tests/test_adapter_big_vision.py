@@ -221,3 +221,16 @@ def test_a_truncated_npz_is_named(tmp_path, keep):
     cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
     with pytest.raises(AdapterError, match=f"^{cut}: not a readable .npz checkpoint"):
         read_npz(cut)
+
+
+def test_an_oversized_npz_header_is_refused_without_numpys_advice(tmp_path):
+    """numpy refuses a header over 10,000 characters with three lines that advise allow_pickle=True."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }" + b" " * 20_000 + b"\n"
+    bad = tmp_path / "w.npz"
+    with zipfile.ZipFile(bad, "w") as out:
+        out.writestr("w.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\x00" * 4)
+    with pytest.raises(AdapterError) as err:
+        read_npz(bad)
+    assert str(err.value) == (f"{bad}: not a readable .npz checkpoint (array 'w'): it holds pickled Python objects "
+                              "or an oversized array header, never loaded (they could run code); download or export "
+                              "it again")
