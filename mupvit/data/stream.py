@@ -47,8 +47,9 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 
 
 class StreamDataset(Dataset):
-    """Map-style view of the stream: item p is the TrainSample at stream position p. `transform(image, rng)`
-    returns the image, or (image, plan) when it leaves the augmentation to the device."""
+    """Map-style view of the stream: item p is the TrainSample at stream position p. `decode(path)` returns a
+    Decoded (pixels, and why libjpeg-turbo refused the file if Pillow decoded it); `transform(image, rng)` returns
+    the image, or (image, plan) when it leaves the augmentation to the device."""
 
     def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_noting,
                  skip_bad: bool = False) -> None:
