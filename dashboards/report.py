@@ -29,6 +29,8 @@ from dashboards.html import Section, render, table_markdown
 from dashboards.runs import Histories, ReportError, fetch_runs, open_store, store_uri
 from dashboards.sweeps import sweep_trials
 from dashboards.tables import ABLATIONS, ablation_table, reproduction_table, training_runs
+from mupvit.errors import ConfigError
+from mupvit.outputs import check_writable
 from orchestration.sweep_results import best_lr_table
 
 MAX_CURVES = 8  # more lines than this make the curves figure unreadable
@@ -183,10 +185,14 @@ def build_report(uri: str, out: Path, experiments: list[str] | None = None, run_
                  curves: list[str] | None = None, coord_check: Path | None = None,
                  log: Callable[[str], None] = progress) -> Path:
     """Write out/report.html (plus tables/ and figures/) for the runs of `uri`; return the HTML file's path.
-    Raises ReportError for a missing store, an unknown experiment or run, or no runs."""
+    Raises ReportError for a missing store, an unknown experiment or run, or no runs; ConfigError for an `out`
+    where the report cannot be written."""
+    out = Path(out).resolve()
+    for folder in (out, out / "tables", out / "figures"):  # before any reading: a report is minutes of work
+        check_writable(folder, "--out", "nothing was read or written")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading sweep files: no progress bars
     client = open_store(uri)
-    report = Report(Path(out).resolve())
+    report = Report(out)
     coord = coord_section(report, coord_check)  # first: a wrong --coord-check fails before any slow work
     log(f"reading runs from {uri}")
     runs = fetch_runs(client, experiments, run_ids)
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             uri, experiments = summary_scope(args.summary)
         page = build_report(uri, args.out, experiments, args.run, args.curves, args.coord_check)
-    except ReportError as err:
+    except (ReportError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(page)

@@ -80,6 +80,8 @@ class ConsoleLogger(RunLogger):
                 f"data {100 * values['train/data_time_frac']:.0f}%  eta {_eta(eta)}"
                 + (f"  skipped {values['train/skipped_images']:.0f} bad image(s)"
                    if values.get("train/skipped_images") else "")
+                + (f"  {values['train/recovered_images']:.0f} image(s) of corrupt JPEG data"
+                   if values.get("train/recovered_images") else "")
             )
         others = {k: v for k, v in values.items() if not k.startswith("train/")}
         if others:

@@ -22,9 +22,9 @@ LOCK_NAME = ".mupvit.lock"
 HOLDER_NAME = ".mupvit.lock.holder"
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` if not.
-    Folders it had to create are removed again: a failed request leaves nothing behind."""
+def check_writable(folder: Path, what: str, nothing_done: str = "nothing was started") -> None:
+    """Create `folder` if needed and write and remove a probe file there; a ConfigError naming `what` (and
+    `nothing_done`) if not. Folders it had to create are removed again: a failed request leaves nothing behind."""
     probe = folder / f".write-probe-{os.getpid()}"
     created = missing_folders(folder)
     try:
@@ -33,7 +33,7 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{what}: cannot write to {folder} ({err.strerror or err}); choose a writable folder, "
-                          "nothing was started") from None
+                          f"{nothing_done}") from None
     finally:
         remove_empty(created)
 

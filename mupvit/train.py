@@ -37,7 +37,7 @@ from mupvit.data import DataError, EvalSet, build_splits, device_augment, eval_l
 from mupvit.data.datasets import worker_message
 from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
 from mupvit.data.prefetch import DevicePrefetcher
-from mupvit.data.stream import TrainSample
+from mupvit.data.stream import RecoveredImages, TrainSample
 from mupvit.device import device_memory, resolve_device
 from mupvit.errors import OutputError
 from mupvit.evaluate import evaluate
@@ -384,6 +384,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     wall0, speed = time.perf_counter(), Throughput()
     skipping = cfg.data.on_bad_image == "skip"
     skipped, skipped_total = 0, 0  # bad files passed over in this log interval (this rank), and in all
+    recovered, recovered_total = RecoveredImages(state.splits[cfg.data.train_split], warn), 0
     state.model.train()
     watch = LossWatch(state)
     if state.eval_pending and state.start in state.points:  # resumed where an eval failed (a bad file): it first
@@ -392,11 +393,12 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     for step in range(state.start, end):
         tick = time.perf_counter()
         try:
-            images, labels, passed_over, plans = next(batches)
+            images, labels, passed_over, plans, recovered_files = next(batches)
         except DataError as err:  # a bad file met mid-run: keep what was trained, then one clear line
             raise stopped_by_bad_data(err, state, step, watch, logger) from None
         images = augment(images, plans)  # the plans stay on the host: grouping by op never waits for the device
         skipped += int(passed_over.sum())
+        recovered.add(recovered_files)
         fetched = time.perf_counter()
         loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
                                          cfg.optim.clip_norm, t.precision,
@@ -416,6 +418,9 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             if skipping:
                 values["train/skipped_images"] = global_count(skipped, state)
                 skipped_total, skipped = skipped_total + int(values["train/skipped_images"]), 0
+            if found := global_count(recovered.take_count(), state):  # every rank: a collective with several
+                values["train/recovered_images"] = found
+                recovered_total += found
             logger.metrics(done, values)
         if done in state.points:
             eval_point(state, done, loaders, eval_forward, watch, logger)
@@ -427,6 +432,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
         "images_per_s": speed.images / speed.train_time if speed.train_time else 0.0,
         "eval": state.last_eval, **state.last_eval, **state.results, "checkpoint": state.last_ckpt,
         "out_dir": str(state.out_dir), **({"skipped_images": skipped_total} if skipping else {}),
+        **({"recovered_images": recovered_total} if recovered_total else {}),
     }
     logger.end(summary)
     return summary

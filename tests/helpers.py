@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import zipfile
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mupvit.config import Config, config_from_dict, with_overrides
 from mupvit.logger import RunLogger
@@ -113,3 +117,28 @@ def real_json(val_samples: list[tuple[str, int]], path: Path) -> list[list[int]]
     path.write_text(json.dumps(entries))
     order = {name: i for i, name in enumerate(sorted(by_name))}
     return [entries[order[Path(p).name]] for p, _ in val_samples]
+
+
+def damaged_npz(path: Path, compression: int, old: bytes, new: bytes) -> None:
+    """A real .npz whose first member's .npy header has `old` replaced by `new` (same length), inside an intact zip
+    (right CRCs), so that numpy's header parser, not zipfile, meets the damage."""
+    buf = io.BytesIO()
+    np.savez(buf, w=np.arange(10, dtype=np.float32), b=np.ones(3, np.float32))
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", compression) as out:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "w.npy":
+                assert old in data and len(old) == len(new)
+                data = data.replace(old, new, 1)
+            out.writestr(name, data)
+
+
+def corrupt_jpeg(path: Path, size: tuple[int, int] = (12, 10)) -> Path:
+    """A real JPEG with 497 extraneous bytes before its end marker, as some ImageNet files have: libjpeg-turbo
+    refuses it ("Corrupt JPEG data: 496 extraneous bytes before marker 0xd9"), Pillow decodes it."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 150)).save(buf, "JPEG")
+    data = buf.getvalue()
+    path.write_bytes(data[:-2] + b"\x00" * 497 + data[-2:])
+    return path

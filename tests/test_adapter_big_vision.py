@@ -6,6 +6,7 @@ resampled as resample_posemb does, the head can be dropped, and every mismatch i
 from __future__ import annotations
 
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from mupvit.models.adapters.base import AdapterError, full_state, load_foreign
 from mupvit.models.adapters.big_vision import resample_posemb
 from mupvit.models.adapters.files import read_npz, write_npz
 from mupvit.models.vit import ViT
+
+from .helpers import damaged_npz
 
 D, HEADS, MLP, PATCH, IMAGE, DEPTH, CLASSES = 32, 2, 64, 4, 16, 2, 5
 SHAPE = dict(variant=None, width=D, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, patch_size=PATCH,
@@ -186,3 +189,48 @@ def test_a_file_that_is_not_an_npz_is_named(tmp_path):
     bad.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(AdapterError, match=f"{bad}: not a readable .npz checkpoint"):
         read_npz(bad)
+
+
+HEADER_DAMAGE = {  # numpy's failure -> what we say
+    "unclosed": (b"(10,), }", b"(10,,  }", "an array header is damaged"),  # tokenize.TokenError in numpy
+    "garbage": (b"'descr'", b"'de\x00cr'", "an array header is damaged"),
+    "pickled": (b"'<f4'", b"'|O' ", "pickled Python objects"),  # numpy would advise allow_pickle=True
+    "huge": (b"(10,), }" + b" " * 8, b"(100000000000,)}", "more data than fits in memory"),  # 400 GB
+    "text": (b"'<f4'", b"'<U1'", "values that are not numbers"),
+}
+
+
+@pytest.mark.parametrize("compression", ["stored", "deflated"])
+@pytest.mark.parametrize("damage", sorted(HEADER_DAMAGE))
+def test_a_damaged_npz_member_is_named_in_our_words(tmp_path, damage, compression):
+    old, new, reason = HEADER_DAMAGE[damage]
+    bad = tmp_path / "w.npz"
+    damaged_npz(bad, {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}[compression], old, new)
+    with pytest.raises(AdapterError) as err:
+        read_npz(bad)
+    text = str(err.value)
+    assert text.startswith(f"{bad}: not a readable .npz checkpoint (array 'w'): ") and reason in text, text
+    assert "\n" not in text and "allow_pickle" not in text and len(text) < 300, text
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.95])
+def test_a_truncated_npz_is_named(tmp_path, keep):
+    whole = tmp_path / "whole.npz"
+    np.savez_compressed(whole, w=np.arange(1000, dtype=np.float32))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+    with pytest.raises(AdapterError, match=f"^{cut}: not a readable .npz checkpoint"):
+        read_npz(cut)
+
+
+def test_an_oversized_npz_header_is_refused_without_numpys_advice(tmp_path):
+    """numpy refuses a header over 10,000 characters with three lines that advise allow_pickle=True."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }" + b" " * 20_000 + b"\n"
+    bad = tmp_path / "w.npz"
+    with zipfile.ZipFile(bad, "w") as out:
+        out.writestr("w.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\x00" * 4)
+    with pytest.raises(AdapterError) as err:
+        read_npz(bad)
+    assert str(err.value) == (f"{bad}: not a readable .npz checkpoint (array 'w'): it holds pickled Python objects "
+                              "or an oversized array header, never loaded (they could run code); download or export "
+                              "it again")

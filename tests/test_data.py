@@ -151,7 +151,7 @@ def test_skip_bad_fills_a_position_with_the_next_image_of_the_pass(corrupt_split
     transform = TrainTransform(16, (0.5, 1.0), (0.75, 1.33))
     dataset = StreamDataset(split, transform, seed=0, skip_bad=True)
     for position in range(6):  # three passes over the two files
-        image, label, skipped, _ = dataset[position]
+        image, label, skipped, _, _ = dataset[position]
         good = split.samples[dataset.index_at(position)][0] != str(bad)
         assert skipped == (0 if good else 1)
         expected = transform(decode_image(next(p for p, _ in split.samples if p != str(bad))),

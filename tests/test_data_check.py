@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from tests.helpers import corrupt_jpeg
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -33,13 +35,18 @@ def test_a_clean_tree_passes_with_counts(tmp_path):
 
 
 def test_bad_files_are_listed_and_exit_1(tmp_path):
+    """Corrupt JPEG data that only Pillow decodes is its own category: listed and counted, not good, not bad."""
     root = tree(tmp_path)
     (root / "train" / "a" / "1.jpg").write_bytes(b"\xff\xd8\xff cut")
     Image.new("RGB", (400, 300)).save(root / "val" / "b" / "huge.png")
+    corrupt_jpeg(root / "val" / "a" / "corrupt.jpg")
     done = check(str(root), "--max-pixels", "100000", "--workers", "1")
     assert done.returncode == 1
     lines = done.stdout.strip().splitlines()
-    assert lines[-1] == "13 images (train 6, val 7): 11 good, 2 bad"
+    assert lines[-1] == ("14 images (train 6, val 8): 11 good, 1 decoded by the fallback decoder (corrupt JPEG data), "
+                         "2 bad")
+    assert f"recovered: {root / 'val/a/corrupt.jpg'} (libjpeg-turbo: Corrupt JPEG data: 496 extraneous bytes before " \
+           "marker 0xd9): decoded by the fallback decoder (Pillow)" in lines
     assert any(line.startswith(f"bad: cannot decode image {root / 'train/a/1.jpg'}") for line in lines)
     assert any("huge.png is 400x300 = 0.1 MP, above the cap" in line for line in lines)
 

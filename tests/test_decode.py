@@ -14,7 +14,9 @@ from PIL import Image
 from mupvit.config import DataConfig, config_from_dict
 from mupvit.data import decoder
 from mupvit.data.datasets import DataError
-from mupvit.data.decode import decode_image
+from mupvit.data.decode import decode_image, decode_noting
+
+from .helpers import corrupt_jpeg
 
 # A 16x16 photo-like JPEG (quality 75, 4:2:0) fixed here, so the reference pixels below cannot drift with the
 # encoder of whatever Pillow is installed.
@@ -120,3 +122,20 @@ def test_an_image_above_the_pixel_cap_is_refused_from_its_header(tmp_path, suffi
     with pytest.raises(DataError, match=rf"image {path} is 300x200 = 0.1 MP, above the cap of 0.05 MP"):
         decode_image(str(path), max_pixels=50_000)
     assert decode_image(str(path), max_pixels=60_000).shape == (3, 200, 300)
+
+
+@pytest.mark.parametrize("kind", ["progressive", "cmyk", "grey", "png"])
+def test_sound_images_of_every_kind_are_not_noted_as_recovered(tmp_path, kind):
+    """libjpeg-turbo reads progressive, CMYK and grey JPEGs; Pillow's other formats are no fallback either."""
+    image = Image.fromarray((np.random.default_rng(0).random((20, 28, 3)) * 255).astype(np.uint8))
+    path = tmp_path / ("x.png" if kind == "png" else "x.jpg")
+    {"progressive": lambda: image.save(path, progressive=True), "cmyk": lambda: image.convert("CMYK").save(path),
+     "grey": lambda: image.convert("L").save(path), "png": lambda: image.save(path)}[kind]()
+    assert decode_noting(str(path)).recovered is None
+
+
+def test_corrupt_jpeg_data_is_decoded_by_pillow_and_noted(tmp_path):
+    path = corrupt_jpeg(tmp_path / "corrupt.jpg")
+    pixels, refused = decode_noting(str(path))
+    assert refused == "Corrupt JPEG data: 496 extraneous bytes before marker 0xd9"
+    assert torch.equal(pixels, pillow(str(path))) and torch.equal(decode_image(str(path)), pixels)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from mupvit.models.adapters.files import read_npz, read_safetensors
 from mupvit.models.build import build_model
 from mupvit.train import run
 
-from .helpers import QuietLogger, tiny_config
+from .helpers import QuietLogger, damaged_npz, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,8 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_pat
     params = dict(np.load(npz))
     params["head/kernel"], params["head/bias"] = np.zeros((32, 1000), np.float32), np.zeros(1000, np.float32)
     np.savez(tmp_path / "classes.npz", **params)
+    damaged_npz(tmp_path / "header.npz", zipfile.ZIP_DEFLATED, b"(10,), }", b"(10,,  }")  # numpy: TokenError
+    damaged_npz(tmp_path / "pickled.npz", zipfile.ZIP_STORED, b"'<f4'", b"'|O' ")  # numpy: "allow_pickle=True"
     cases = {
         write_bad(tmp_path, "notes.pt", b"not a checkpoint"): "notes.pt: not a checkpoint (torch.load",
         write_bad(tmp_path, "cut.pt", whole[: len(whole) // 2]): "cut.pt: not a checkpoint (torch.load",
@@ -112,6 +115,8 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_pat
         torch_file(tmp_path, "list.pt", [1, 2]): "list.pt: holds a list, not a mupvit checkpoint",
         torch_file(tmp_path, "bare.pt", {"format_version": 1, "model": {}}): "bare.pt: a mupvit checkpoint without",
         write_bad(tmp_path, "cut.npz", npz.read_bytes()[:200]): "not a readable .npz checkpoint",
+        tmp_path / "header.npz": "not a readable .npz checkpoint (array 'w'): an array header is damaged",
+        tmp_path / "pickled.npz": "not a readable .npz checkpoint (array 'w'): it holds pickled Python objects",
         write_bad(tmp_path, "junk.safetensors", b"\x00" * 12): "not a readable .safetensors checkpoint",
         tmp_path / "shapes.npz": "mis-shaped: Transformer/encoderblock_0/LayerNorm_0/scale (7, model 32)",
         tmp_path / "classes.npz": "mis-shaped: head/bias (1000, model 10)",
@@ -123,6 +128,7 @@ def test_bad_checkpoints_exit_2_naming_the_file_and_the_problem(trained, tmp_pat
         err = capsys.readouterr().err
         assert err.startswith("error: ") and str(path) in err and message in err, (path, err)
         assert "weights_only" not in err and err.count("\n") == 1  # never torch's advice to run the file's code
+        assert "allow_pickle" not in err  # nor numpy's
 
 
 def test_a_safetensors_export_refuses_a_config_with_another_gelu(trained, tmp_path, capsys):

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 PLATFORM = {"ray", "mlflow", "optuna", "pandas"}
 # The mupvit modules that load no torch: what orchestration's checks and the dashboards may read.
 TORCH_FREE = {"mupvit", "mupvit.config", "mupvit.config_yaml", "mupvit.errors", "mupvit.results", "mupvit.models",
-              "mupvit.models.shapes", "mupvit.models.parametrization", "mupvit.coord_results"}
+              "mupvit.models.shapes", "mupvit.models.parametrization", "mupvit.coord_results", "mupvit.outputs"}
 # package -> top-level names it must never import
 FORBIDDEN = {"mupvit": PLATFORM | {"orchestration", "dashboards"}, "orchestration": {"dashboards"},
              "dashboards": {"torch", "torchvision"}}

@@ -22,7 +22,7 @@ from mupvit.data import DataError
 from mupvit.outputs import FolderLock
 from mupvit.train import main, run
 
-from .helpers import QuietLogger, tiny_config
+from .helpers import QuietLogger, corrupt_jpeg, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,6 +160,22 @@ def test_a_bad_image_mid_run_saves_the_last_step_and_names_the_file(tmp_path, wo
     saved = list_checkpoints(tmp_path / "run")
     assert len(saved) == 1 and f"last checkpoint: {saved[0]}" in text
     assert 0 < load_checkpoint(saved[0])["step"] < 20
+
+
+def test_corrupt_jpeg_data_pillow_recovers_is_trained_on_named_once_and_counted(tmp_path, capsys):
+    cfg, bad = bad_image_run(tmp_path, 0)
+    bad.unlink()
+    recovered = corrupt_jpeg(bad.with_suffix(".jpg"), (16, 16))
+    logger = QuietLogger()
+    summary = run(cfg, logger)
+    # 20 steps x 2 images over 8 files: 5 passes, each meets the corrupt file once; one warning names it
+    logged = [values["train/recovered_images"] for kind, (_, values) in logger.events
+              if kind == "metrics" and "train/recovered_images" in values]
+    assert summary["finished"] and summary["recovered_images"] == 5 == sum(logged)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: {recovered}: corrupt JPEG data that libjpeg-turbo refuses, decoded by the fallback "
+                        "decoder (Pillow, not TF's pixels) and trained on; counted as train/recovered_images (python "
+                        "-m mupvit.data.check lists every such file)"]
 
 
 def test_on_bad_image_skip_trains_on_counting_what_it_skipped_and_resumes_exactly(tmp_path):

@@ -315,3 +315,41 @@ def test_cli_names_the_known_experiments_for_an_unknown_one(store, tmp_path):
     assert done.returncode == 2
     assert "error: unknown experiment(s) 'nope'" in done.stderr
     assert "known: Default, ablations, repro, sweep" in done.stderr
+
+
+def test_an_unwritable_out_exits_2_before_reading_any_run(tmp_path, capsys):
+    """--out a file, or a folder whose tables/ is a file: one line naming it, and the store is never opened."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "report" / "tables").parent.mkdir()
+    (tmp_path / "report" / "tables").write_text("not a folder\n")
+    for out, named in ((tmp_path / "a_file", tmp_path / "a_file"), (tmp_path / "report", tmp_path / "report/tables")):
+        assert main(["--tracking-uri", uri, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out: cannot write to {named} (") and err.count("\n") == 1, err
+        assert "nothing was read or written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "report"]  # no store, no figures/
+    assert [p.name for p in (tmp_path / "report").iterdir()] == ["tables"]
+
+
+def test_a_read_only_out_exits_2_before_reading_any_run(tmp_path):
+    """An earlier report on a real read-only file system (a read-only bind mount in a private mount namespace: as
+    root, chmod stops nothing): exit 2 with one line before the store is read, and the earlier report kept."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (root) for a read-only mount")
+    earlier = tmp_path / "src" / "report"
+    for name in ("report.html", "tables/reproduction.csv", "figures/training_curves.png"):
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text("an earlier report\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount --bind {tmp_path / 'src'} {ro} && mount -o remount,bind,ro {ro} && exec {sys.executable} "
+              f"-m dashboards.report --tracking-uri sqlite:///{tmp_path / 'mlflow.db'} --out {ro / 'report'}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: --out: cannot write to {ro / 'report'} (Read-only file system); choose a "
+                           "writable folder, nothing was read or written\n")
+    assert done.stdout == "" and not (tmp_path / "mlflow.db").exists()
+    assert sorted(str(p.relative_to(earlier)) for p in earlier.rglob("*.*")) == [
+        "figures/training_curves.png", "report.html", "tables/reproduction.csv"]

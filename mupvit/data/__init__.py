@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from mupvit.config import Config, DataConfig, EvalConfig
 from mupvit.data.batched_augment import augment_batch
 from mupvit.data.datasets import DataError, Split, load_split, load_splits
-from mupvit.data.decode import decode_image
+from mupvit.data.decode import Decoded, decode_image, decode_noting
 from mupvit.data.digits import build_digits
 from mupvit.data.minival import MINIVAL, TRAIN_MINUS_MINIVAL, split_minival
 from mupvit.data.randaugment import RandAugment
@@ -92,6 +92,11 @@ def decoder(cfg: Config) -> Callable[[str], torch.Tensor]:
     return functools.partial(decode_image, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels)
 
 
+def noting_decoder(cfg: Config) -> Callable[[str], Decoded]:
+    """`decoder`, also noting a JPEG only Pillow could decode: the train stream counts and names such files."""
+    return functools.partial(decode_noting, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels)
+
+
 def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:
     workers = cfg.data.num_workers
     return {
@@ -115,7 +120,7 @@ def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank
                                _randaugment(d))
     per_sample = transform if d.augment_on == "loader" else transform.crop_and_plan
     return DataLoader(
-        StreamDataset(split, per_sample, cfg.train.seed, decoder(cfg), skip_bad=d.on_bad_image == "skip"),
+        StreamDataset(split, per_sample, cfg.train.seed, noting_decoder(cfg), skip_bad=d.on_bad_image == "skip"),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
         **_loader_kwargs(cfg, pin_memory),
     )

@@ -4,7 +4,8 @@
 
 Decodes every image of the named splits with the run's decoder, in parallel, with a progress bar; prints the
 counts and every file that cannot be decoded (or is above the pixel cap), and exits 1 when any is bad (0 when all
-are good, 2 when the folder or a split is not there).
+are good, 2 when the folder or a split is not there). JPEGs with corrupt data that libjpeg-turbo refuses but Pillow
+recovers are listed and counted apart ("recovered:"): a run trains on them, with other pixels than TF's, and warns.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from multiprocessing import Pool
 from tqdm import tqdm
 
 from mupvit.data.datasets import DataError, load_splits
-from mupvit.data.decode import MAX_PIXELS, decode_image
+from mupvit.data.decode import MAX_PIXELS, decode_noting
 
 
-def problem(path: str, method: str, max_pixels: int) -> str | None:
-    """Why `path` cannot be used, or None."""
+def problem(path: str, method: str, max_pixels: int) -> tuple[str, str] | None:
+    """("bad", why) for a file that cannot be used, ("recovered", why) for a JPEG only Pillow decodes, or None."""
     try:
-        decode_image(path, method, max_pixels)
+        refused = decode_noting(path, method, max_pixels).recovered
     except DataError as err:
-        return str(err)
+        return "bad", str(err)
+    if refused:
+        return "recovered", f"{path} (libjpeg-turbo: {refused}): decoded by the fallback decoder (Pillow)"
     return None
 
 
@@ -51,11 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     with Pool(max(1, args.workers)) as pool:
         found = list(tqdm(pool.imap(check, paths, chunksize=64), total=len(paths), desc="checking images",
                           unit="img", file=sys.stderr))
-    bad = [reason for reason in found if reason is not None]
-    for reason in bad:
-        print(f"bad: {reason}")
+    bad = [why for kind, why in filter(None, found) if kind == "bad"]
+    recovered = [why for kind, why in filter(None, found) if kind == "recovered"]
+    for why in recovered:
+        print(f"recovered: {why}")
+    for why in bad:
+        print(f"bad: {why}")
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    print(f"{len(paths)} images ({counts}): {len(paths) - len(bad)} good, {len(bad)} bad")
+    fallback = f"{len(recovered)} decoded by the fallback decoder (corrupt JPEG data), " if recovered else ""
+    print(f"{len(paths)} images ({counts}): {len(paths) - len(bad) - len(recovered)} good, {fallback}{len(bad)} bad")
     return 1 if bad else 0
 
 

@@ -7,6 +7,11 @@ against TF 2.21) and decodes in about 0.6x Pillow's time. `accurate` is the ISLO
 big_vision's `decode(precise=True)`. libjpeg-turbo also converts grey and CMYK JPEGs to RGB (CMYK within 1 level of
 Pillow's conversion); other formats (PNG, ...) and any JPEG it refuses go through Pillow, converted to RGB.
 
+So a good JPEG never needs Pillow: one that libjpeg-turbo refuses (strictly: a libjpeg warning such as "Corrupt
+JPEG data: 497 extraneous bytes before marker 0xd9" is a refusal) but Pillow decodes is corrupt data recovered,
+with Pillow's guesses and IDCT, not TF's pixels. `decode_noting` returns libjpeg-turbo's reason for such a file,
+so the run and `mupvit.data.check` can name and count it; a JPEG neither reads is a bad image.
+
 The policy for other images, as TF's decode_image(channels=3) treats them: 16-bit images are scaled to 8 bits
 (the high byte), alpha is dropped (not composited), palette, 1-bit and CMYK images are converted to RGB. An image of
 more than `max_pixels` pixels is refused from its header, before any decoding, naming the file (the default cap,
@@ -15,7 +20,7 @@ more than `max_pixels` pixels is refused from its header, before any decoding, n
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -36,17 +41,24 @@ def check_size(path: str, height: int, width: int, max_pixels: int) -> None:
                         f"{max_pixels / 1e6:g} MP; shrink the file (or remove it)")
 
 
-def decode_jpeg(path: str, data: bytes, method: Decoder, max_pixels: int) -> np.ndarray | None:
-    """(H, W, 3) uint8 through libjpeg-turbo, or None when it cannot read this JPEG (Pillow then tries)."""
+class Decoded(NamedTuple):
+    """An image's pixels, uint8 (3, H, W), and, for a JPEG that libjpeg-turbo refused and Pillow decoded, why."""
+
+    pixels: torch.Tensor
+    recovered: str | None
+
+
+def decode_jpeg(path: str, data: bytes, method: Decoder, max_pixels: int) -> np.ndarray | str:
+    """(H, W, 3) uint8 through libjpeg-turbo, or its reason for refusing this JPEG (Pillow then tries)."""
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return None
+    except ValueError as err:
+        return str(err)
     check_size(path, height, width, max_pixels)
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=method == "tf_fast", fastupsample=False)
-    except ValueError:
-        return None
+    except ValueError as err:
+        return str(err)
 
 
 def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -58,16 +70,22 @@ def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def decode_image(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Decode an image file to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
+def decode_noting(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Decode an image file, naming the file when it cannot be read, and noting a JPEG recovered by Pillow."""
+    refused = None
     try:
         with open(path, "rb") as f:
             data = f.read()
         pixels = decode_jpeg(path, data, method, max_pixels) if data.startswith(JPEG_MAGIC) else None
-        if pixels is None:
-            pixels = decode_with_pillow(path, max_pixels)
+        if not isinstance(pixels, np.ndarray):
+            refused, pixels = pixels, decode_with_pillow(path, max_pixels)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
     if not pixels.flags.writeable:  # Pillow's arrays are read-only views
         pixels = pixels.copy()
-    return torch.from_numpy(pixels).permute(2, 0, 1)
+    return Decoded(torch.from_numpy(pixels).permute(2, 0, 1), refused)
+
+
+def decode_image(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode an image file to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
+    return decode_noting(path, method, max_pixels).pixels

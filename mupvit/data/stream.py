@@ -16,18 +16,21 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from mupvit.data.datasets import DataError, Split
-from mupvit.data.decode import decode_image
+from mupvit.data.decode import decode_image, decode_noting
 
 
 class TrainSample(NamedTuple):
     """One stream position (collated: one batch). `image`: float [-1, 1], or with data.augment_on device the uint8
     crop. `skipped`: the bad files passed over to fill it, 0 unless data.on_bad_image is skip. `plan`: the draws the
-    device applies (mupvit/data/plan.py); with augment_on loader an empty int32 tensor (collated: (B, 0))."""
+    device applies (mupvit/data/plan.py); with augment_on loader an empty int32 tensor (collated: (B, 0)).
+    `recovered`: the index in split.samples of the image's file when only Pillow decoded it (corrupt JPEG data),
+    else -1."""
 
     image: torch.Tensor
     label: int
     skipped: int
     plan: torch.Tensor
+    recovered: int
 
 
 NO_PLAN = torch.empty(0, dtype=torch.int32)
@@ -44,10 +47,11 @@ def sample_rng(seed: int, position: int) -> np.random.Generator:
 
 
 class StreamDataset(Dataset):
-    """Map-style view of the stream: item p is the TrainSample at stream position p. `transform(image, rng)`
-    returns the image, or (image, plan) when it leaves the augmentation to the device."""
+    """Map-style view of the stream: item p is the TrainSample at stream position p. `decode(path)` returns a
+    Decoded (pixels, and why libjpeg-turbo refused the file if Pillow decoded it); `transform(image, rng)` returns
+    the image, or (image, plan) when it leaves the augmentation to the device."""
 
-    def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_image,
+    def __init__(self, split: Split, transform: Callable, seed: int, decode: Callable = decode_noting,
                  skip_bad: bool = False) -> None:
         self.split, self.transform, self.seed, self.decode = split, transform, seed, decode
         self.skip_bad = skip_bad
@@ -66,17 +70,39 @@ class StreamDataset(Dataset):
         resume and worker-count independence still hold."""
         n = len(self.split)
         for skipped in range(n if self.skip_bad else 1):
-            path, label = self.split.samples[self.index_at(position - position % n + (position + skipped) % n)]
+            index = self.index_at(position - position % n + (position + skipped) % n)
+            path, label = self.split.samples[index]
             try:
-                image = self.decode(path)
+                image, refused = self.decode(path)
             except DataError:
                 if not self.skip_bad:
                     raise
                 continue
             out = self.transform(image, sample_rng(self.seed, position))
             image, plan = out if isinstance(out, tuple) else (out, NO_PLAN)
-            return TrainSample(image, label, skipped, plan)
+            return TrainSample(image, label, skipped, plan, index if refused else -1)
         raise DataError(f"data.on_bad_image=skip: no image of the {n} in split '{self.split.name}' decodes")
+
+
+class RecoveredImages:
+    """The train images only Pillow could decode (corrupt JPEG data, not TF's pixels): `warn` names each file once,
+    and `count` is how many of the batches' images were such since the last `take_count`."""
+
+    def __init__(self, split: Split, warn: Callable[[str], None]) -> None:
+        self.split, self.warn, self.seen, self.count = split, warn, set(), 0
+
+    def add(self, recovered: torch.Tensor) -> None:
+        found = recovered[recovered >= 0].tolist()
+        self.count += len(found)
+        for index in sorted(set(found) - self.seen):
+            self.seen.add(index)
+            self.warn(f"warning: {self.split.samples[index][0]}: corrupt JPEG data that libjpeg-turbo refuses, "
+                      "decoded by the fallback decoder (Pillow, not TF's pixels) and trained on; counted as "
+                      "train/recovered_images (python -m mupvit.data.check lists every such file)")
+
+    def take_count(self) -> int:
+        count, self.count = self.count, 0
+        return count
 
 
 class StreamBatchSampler(Sampler[list[int]]):

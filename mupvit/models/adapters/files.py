@@ -6,6 +6,7 @@ is an AdapterError naming the path."""
 from __future__ import annotations
 
 import json
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,41 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def _npz_damage(err: BaseException) -> str:
+    """Why numpy could not read a member, in our words: numpy's own text may span lines, quote a whole garbled
+    header, or advise allow_pickle=True, which would let a hostile file run code."""
+    text = str(err)
+    if "allow_pickle" in text:
+        return "it holds pickled Python objects or an oversized array header, never loaded (they could run code)"
+    if isinstance(err, TypeError):  # torch refuses the dtype (strings, structured records)
+        return "an array holds values that are not numbers"
+    if isinstance(err, MemoryError):
+        return "an array header declares more data than fits in memory"
+    if isinstance(err, (tokenize.TokenError, RecursionError)) or text.startswith(("Cannot parse header", "Header ")):
+        return "an array header is damaged"
+    first = " ".join(text.split())
+    return f"{type(err).__name__}: {first[:120]}"
+
+
 def read_npz(path: Path) -> dict[str, torch.Tensor]:
+    member = ""
     try:
-        with np.load(path, allow_pickle=False) as loaded:
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise AdapterError(f"{path}: a single array, not a big_vision .npz of named parameters")
-            return {key: _tensor(loaded[key]) for key in loaded.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise AdapterError(f"{path}: not a readable .npz checkpoint ({type(err).__name__}: {err})") from None
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file (one array) under an .npz name
+            raise AdapterError(f"{path}: a single array, not a big_vision .npz of named parameters")
+        with loaded:
+            tensors = {}
+            for member in loaded.files:
+                tensors[member] = _tensor(loaded[member])
+            return tensors
+    except AdapterError:
+        raise
+    # numpy parses each member's header with ast and tokenize: a damaged one raises more than ValueError
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError, tokenize.TokenError, RecursionError,
+            MemoryError) as err:
+        where = f" (array {member!r})" if member else ""
+        raise AdapterError(f"{path}: not a readable .npz checkpoint{where}: {_npz_damage(err)}; "
+                           "download or export it again") from None
 
 
 def write_npz(path: Path, tensors: dict[str, torch.Tensor]) -> None:
