@@ -112,8 +112,8 @@ def loader_rate(paths: list[str], workers: int, batch: int = 32, steps: int = 8,
     next(loader)  # start the workers
     start = time.perf_counter()
     for _ in range(steps):
-        images, _, _, plans = next(loader)
-        augment(images.to(device, non_blocking=True), plans)
+        batch_ = next(loader)
+        augment(batch_.image.to(device, non_blocking=True), batch_.plan)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return batch * steps / (time.perf_counter() - start)

@@ -74,7 +74,7 @@ def fixed_batches(cfg: Config, steps: int) -> list[tuple[torch.Tensor, torch.Ten
     splits = build_splits(cfg)
     loader = train_loader(cfg, splits[cfg.data.train_split], 0, steps)
     augment = device_augment(cfg)
-    return [(augment(images, plans), labels) for images, labels, _, plans, _ in loader]
+    return [(augment(b.image, b.plan), b.label) for b in loader]
 
 
 def measure(cfg: Config, batches: list, seed: int) -> Iterator[tuple[int, dict[str, float]]]:
