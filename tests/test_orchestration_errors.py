@@ -15,7 +15,10 @@ import torch
 from PIL import Image
 from ray.train import ControllerError, WorkerGroupError
 
+from mupvit.config import ConfigError
 from mupvit.data import DataError
+from mupvit.errors import OutputError
+from mupvit.train import TrainingDiverged
 from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 
 from .test_orchestration import orchestrate, runs_in, write_config
@@ -47,6 +50,10 @@ def test_only_errors_of_the_input_stop_the_run_without_a_retry():
     with pytest.raises(ControllerError) as raised:
         stop.after_exception(None, {1: RuntimeError("collateral: the collective was aborted"), 0: bad})
     assert not_retried(raised.value) is bad and not_retried(ControllerError(RuntimeError("x"))) is None
+    for deterministic in (ConfigError("train.init_from: ..."), OutputError("cluster.storage_path: ... full"),
+                          TrainingDiverged("loss became NaN at step 7; ...")):
+        with pytest.raises(ControllerError):
+            stop.after_exception(None, {0: deterministic})
     assert describe_failure(bad) == str(bad)
     crashed = WorkerGroupError("Training failed due to worker errors:\n[Rank 0]\nTraceback ...",
                                {0: ValueError("a bug\nmore lines")})
