@@ -26,13 +26,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mupvit.config import Config, ConfigError, add_set_argument, total_steps
 from mupvit.models.shapes import model_shape
+from mupvit.outputs import check_output_file
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.launch_config import load_launch
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
 from orchestration.sweep_trial import sweep_trial, trial_resources
-from orchestration.tracking import check_reachable, check_store_shared, open_run
+from orchestration.tracking import check_store_shared, check_writable_store, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, log, run_experiment
 
@@ -169,7 +170,7 @@ def restore_or_start(spec: SweepSpec, trainable: Any, path: str, storage: str, s
 def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     base = spec.trial_launch({}, base_dir)  # absolute storage path, as single runs
     uri = resolve_tracking_uri(base.tracking, base_dir)
-    check_reachable(uri)
+    check_writable_store(uri)
     log(f"connecting: {connect(base.cluster)}")
     check_room(spec)
     check_store_shared(uri, node_count())
@@ -226,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_sweep(args.sweep, args.overrides)
         if args.transfer_to:
             load_launch(args.transfer_to)
+        if args.summary_json:  # written once the sweep is done: it must be writable before the first trial
+            check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
         result = run_sweep(spec, Path.cwd())
         print(f"\nsweep {spec.name}: {result['trials']} trials, {result['trial_steps']} trial-steps")
         print(result["best"].to_string(index=False) if not result["best"].empty else "no trial finished")

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from mupvit.config import ConfigError, flatten
 from mupvit.logger import RunLogger
+from mupvit.outputs import check_output_file
 from mupvit.results import PAPER_REAL_TAG, PAPER_TAG, PAPER_V2_TAG, paper_acc1, paper_real_v2
 from orchestration.launch_config import Launch, TrackingConfig
 
@@ -88,7 +89,17 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"MLflow SQLite store {uri}: folder {folder} does not exist or is not writable")
+            raise TrackingError(f"MLflow SQLite store {uri}: folder {folder} does not exist or is not writable; "
+                                "create it or set tracking.uri (or MLFLOW_TRACKING_URI) to a writable folder")
+
+
+def check_writable_store(uri: str) -> None:
+    """A store that a run will write: reachable (check_reachable) and, for SQLite, the database file writable, and
+    its folder, where SQLite writes its journal (a read-only disk or file fails here, in seconds, not after the
+    cluster connect with MLflow's traceback)."""
+    check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        check_output_file(Path(uri.removeprefix("sqlite:///")), f"tracking.uri (or MLFLOW_TRACKING_URI) {uri}")
 
 
 def git_state(repo: Path) -> tuple[str, bool | None]:

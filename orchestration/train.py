@@ -27,10 +27,14 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from mupvit.config import ConfigError, add_set_argument, check_budget, run_fingerprint
+from mupvit.config import Config, ConfigError, add_set_argument, check_budget, run_fingerprint
 from mupvit.data import DataError, build_splits, eval_sets
-from mupvit.outputs import FolderLock, check_writable
+from mupvit.errors import OutputError
+from mupvit.models.build import build_model
+from mupvit.models.weights import load_weights
+from mupvit.outputs import FolderLock, check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary
+from mupvit.train import TrainingDiverged
 from orchestration.cluster import (
     ClusterError,
     check_capacity,
@@ -40,14 +44,16 @@ from orchestration.cluster import (
     wait_for_free_resources,
     worker_resources,
 )
+from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
 from orchestration.signals import interrupt_on_sigterm
-from orchestration.tracking import TrackingError, check_reachable, check_store_shared, open_run, tracking_uri
+from orchestration.tracking import TrackingError, check_store_shared, check_writable_store, open_run, tracking_uri
 from orchestration.worker import train_loop
 
 REPO = Path(__file__).resolve().parent.parent
-# Bad input (exit code 2): config, data, cluster capacity, tracking store; raised before any run is created.
-INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError)
+# Bad input (exit code 2): config, data, cluster capacity, tracking store, mostly raised before any run is created;
+# an output that cannot be written; and the same met by a worker (orchestration.failures: not retried).
+INPUT_ERRORS = (ConfigError, DataError, ClusterError, TrackingError, OutputError)
 REPORT_POLL_INTERVAL_S = "0.1"  # seconds between the Ray Train controller's polls of its workers
 # How long the data probe may take to start once its resources were seen free: a Ray worker process starts in
 # seconds, more on a loaded node.
@@ -65,15 +71,28 @@ def run_name(launch: Launch) -> str:
 
 @ray.remote(num_returns="streaming")
 def _probe_data(config: dict[str, Any]) -> Iterator[int | None]:
-    """Runs where a worker would: the train split and every evaluator's data must be readable there. Yields None
-    as soon as it runs (it holds its resources: what follows is reading, not waiting), then the train split's size."""
+    """Runs where a worker would: the train split, every evaluator's data and train.init_from must be readable
+    there. Yields None as soon as it runs (it holds its resources: what follows is reading, not waiting), then the
+    train split's size."""
     from mupvit.config import config_from_dict
 
     yield None
     cfg = config_from_dict(config)
     splits = build_splits(cfg)
     eval_sets(cfg, splits)
+    check_init_from(cfg)
     yield len(splits[cfg.data.train_split])
+
+
+def check_init_from(cfg: Config) -> None:
+    """train.init_from loads into the run's model, by the loader the run itself uses (mupvit.models.weights): a
+    missing, unreadable or foreign file fails here, before the MLflow run exists, not in each worker's setup."""
+    if not cfg.train.init_from:
+        return
+    try:
+        load_weights(build_model(cfg), cfg, cfg.train.init_from, keep_head=not cfg.train.init_head)
+    except ConfigError as err:
+        raise ConfigError(f"train.init_from: {err}") from None
 
 
 def check_data_on_worker(launch: Launch) -> int:
@@ -94,7 +113,7 @@ def check_data_on_worker(launch: Launch) -> int:
         ray.get(next(probe))
         return ray.get(next(probe))
     except ray.exceptions.RayTaskError as err:
-        cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else err
+        cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else describe_failure(err.cause)
         raise DataError(f"on a worker node: {cause}") from None
 
 
@@ -112,7 +131,7 @@ def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
     if "://" not in c.storage_path:
         check_writable(Path(c.storage_path), "cluster.storage_path")
     uri = tracking_uri(launch.tracking, base_dir)
-    check_reachable(uri)
+    check_writable_store(uri)
     name = run_name(launch)
     # The run's lock before anything that waits (Ray, the data probe, the workers' resources): a second driver of
     # the run is refused at once, naming the first, instead of waiting for it and then finding its run finished.
@@ -134,6 +153,8 @@ def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
         log(f"run {name} already finished (MLflow run {run_id}); nothing to do")
         return {"run_name": name, "mlflow_run_id": run_id, "already_finished": True, "tracking_uri": uri}
     log(f"run {name}: MLflow run {run_id} ({'new' if before == 'NEW' else 'resumed, was ' + before}) in {uri}")
+    if before != "NEW" and FAILURE_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, FAILURE_TAG)  # why an earlier attempt failed no longer holds for this one
     try:
         wait_for_free_resources(launch.cluster, log)
         result = fit(launch, name, run_id, uri)
@@ -141,7 +162,8 @@ def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
         # Ctrl-C, which Ray Train's own SIGINT handler turns into an abort of its workers and then a SystemExit
         client.set_terminated(run_id, "KILLED")
         raise KeyboardInterrupt from stop
-    except BaseException:
+    except BaseException as err:
+        client.set_tag(run_id, FAILURE_TAG, describe_failure(err))
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
@@ -168,12 +190,14 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
     run_dir = Path(c.storage_path) / name if "://" not in c.storage_path else Path.home() / ".cache/mupvit" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {"config": launch.run.to_dict(), "launch": launch.sections(), "run_id": run_id,
-                   "tracking_uri": uri, "run_dir": str(run_dir), "fail_at_step": c.fail_at_step}
-    callbacks = []
+                   "tracking_uri": uri, "run_dir": str(run_dir), "fail_at_step": c.fail_at_step,
+                   "storage": f"{c.storage_path.rstrip('/')}/{name}"}
+    callbacks = [StopOnInputErrors()]
     if sweep is not None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        loop_config["sweep"], callbacks = sweep, [TuneReportCallback()]
+        loop_config["sweep"] = sweep
+        callbacks.append(TuneReportCallback())
     set_ray_train_timings(c)
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
@@ -191,17 +215,12 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
                              # ray-train-sys-*.log files only; the console keeps the run's progress and warnings.
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
-    return trainer.fit()
-
-
-def failure_reason(err: Exception) -> str:
-    """Ray Train's failure as one line: its first statement that is not a heading, and what to do."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().endswith(":")]
-    reason = (lines[0] if lines else type(err).__name__).split(" Potential causes")[0]
-    if "worker group startup timed out" in reason:
-        reason += (" (cluster.resource_wait_s): the cluster no longer has the workers' resources, e.g. a node was "
-                   "lost; add one or lower cluster.num_workers, then run the same command to resume")
-    return reason[:400]
+    try:
+        return trainer.fit()
+    except ray.train.ControllerError as err:
+        if (cause := not_retried(err)) is not None:  # a worker's error that a retry cannot fix, as it said it
+            raise cause from None
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,12 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     add_summary_argument(parser)
     args = parser.parse_args(argv)
     try:
-        summary = run_experiment(load_launch(args.config, args.overrides, Path.cwd()), Path.cwd())
+        launch = load_launch(args.config, args.overrides, Path.cwd())
+        if args.summary_json:  # written once the run is done: it must be writable before the run starts
+            check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
+        summary = run_experiment(launch, Path.cwd())
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:  # not retried: resumed exactly, it diverges again
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ray.train.TrainingFailedError as err:
-        print(f"error: training failed after the allowed worker restarts: {failure_reason(err)}", file=sys.stderr)
+        print(f"error: training failed after the allowed worker restarts: {describe_failure(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the run is stopped and marked KILLED in MLflow; run the same command to resume it from "

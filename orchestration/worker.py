@@ -4,8 +4,10 @@ Ray Train (every rank, since `ray.train.report` is a barrier) and record the run
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -20,23 +22,34 @@ import ray.train
 import ray.train.torch
 
 from mupvit.config import Config, config_from_dict
+from mupvit.errors import OutputError
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
+from orchestration.failures import NOT_RETRIED
 from orchestration.scratch import scratch_folder
 from orchestration.tracking import MlflowLogger
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# A checkpoint that Ray cannot store for want of room: the same on every retry, so the run stops (OutputError).
+STORAGE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RAY_PACKAGE = str(Path(ray.__file__).parent)
 
 
 class RayInfoFilter(logging.Filter):
     """Keeps Ray's own INFO records ("Reporting training result ...", "Checkpoint successfully created at ...") off
     the console: Ray Train's LoggingConfig level filters loggers named ray.train.*, but some of its modules log
-    under their file's path. They still reach the session's ray-train log files."""
+    under their file's path. They still reach the session's ray-train log files. So does the traceback that Ray
+    Train logs when the loop ends on an error that is not retried (`stopping`): the driver prints its one line."""
+
+    stopping = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.pathname.startswith(RAY_PACKAGE)
+        if not record.pathname.startswith(RAY_PACKAGE):
+            return True
+        if self.stopping and record.getMessage().startswith("Error in training function"):
+            return False
+        return record.levelno >= logging.WARNING
 
 
 def quiet_ray_console() -> None:
@@ -54,6 +67,13 @@ def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Pa
         target = local / CHECKPOINT_FILE
         shutil.copy2(Path(folder) / CHECKPOINT_FILE, target)
     return target
+
+
+def stored_folders(storage: str | None) -> set[Path]:
+    """The checkpoint folders in a run's local storage folder (none known for a bucket)."""
+    if storage is None or "://" in storage:
+        return set()
+    return {folder for folder in Path(storage).glob("checkpoint_*") if folder.is_dir()}
 
 
 @contextmanager
@@ -79,11 +99,14 @@ class RayReporter(RunLogger):
     identically on every rank, since ray.train.report is a barrier; only rank 0 has a checkpoint path."""
 
     def __init__(self, api: ModuleType, *, every: int = 0, before_report: Callable[[], None] = lambda: None,
-                 notes: dict[str, str] | None = None) -> None:
+                 notes: dict[str, str] | None = None, storage: str | None = None) -> None:
         self.api, self.every, self.before_report, self.notes = api, every, before_report, notes or {}
         self.latest: dict[str, Any] = {}
         self.losses: deque[float] = deque(maxlen=LOSS_WINDOW)
         self.logged = 0
+        self.storage = storage  # where Ray stores the run's checkpoints (cluster.storage_path/<run>), if known
+        # Each local checkpoint file (in the scratch folder, gone with it) -> where Ray stored it, newest last.
+        self.stored: dict[str, str] = {}
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         evaluated = any(not k.startswith("train/") for k in values)
@@ -103,8 +126,39 @@ class RayReporter(RunLogger):
         if path is None:
             self.report(step)
             return
+        before = stored_folders(self.storage)
         with checkpoint_folder(path, **self.notes) as folder:
-            self.report(step, self.api.Checkpoint.from_directory(folder))
+            try:
+                self.report(step, self.api.Checkpoint.from_directory(folder))
+            except OSError as err:
+                if err.errno not in STORAGE_FULL:
+                    raise
+                raise self.storage_full(step, err, before) from None
+        self.remember(path, self.api.get_checkpoint() if self.api is ray.train else None)
+
+    def storage_full(self, step: int, err: OSError, before: set[Path]) -> OutputError:
+        """The error for a checkpoint that Ray could not store for want of room, once the folder it was writing is
+        removed (a local storage: the run's lock keeps any other writer out): it names the newest stored one."""
+        for partial in stored_folders(self.storage) - before:
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = next(reversed(self.stored.values()), None)
+        return OutputError(
+            f"cluster.storage_path: cannot store the checkpoint of step {step} in {self.storage or 'storage'} "
+            f"({os.strerror(err.errno)}); newest checkpoint kept: {kept or 'none (the run starts over)'}. Free "
+            "space there and run the same command to resume")
+
+    def remember(self, local: str | Path, stored: Any) -> None:
+        """`local` was stored by Ray as the checkpoint `stored` (None: unknown)."""
+        if stored is not None:
+            self.stored[str(local)] = stored.path
+
+    def in_storage_terms(self, err: Exception) -> Exception:
+        """`err`, its local checkpoint paths (gone with the worker's scratch folder) replaced by where Ray stored
+        them: the checkpoint a resume starts from."""
+        text = str(err)
+        for local, stored in self.stored.items():
+            text = text.replace(local, stored)
+        return err if text == str(err) else type(err)(text)
 
     def report(self, step: int, checkpoint: Any = None, **extra: float) -> None:
         self.before_report()
@@ -159,22 +213,27 @@ def in_scratch(cfg: Config, folder: Path) -> Config:
 
 def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None = None,
                    sweep: dict[str, Any] | None = None, loggers: list[RunLogger] = (),
-                   after: list[RunLogger] = (), notes: dict[str, str] | None = None, device: Any = None) -> None:
+                   after: list[RunLogger] = (), notes: dict[str, str] | None = None, device: Any = None,
+                   storage: str | None = None) -> None:
     """The body of every run that Ray runs (a Train worker, a one-worker sweep trial): train in a scratch folder,
     resuming from Ray's checkpoint when there is one, with `loggers`, a RayReporter through `api` (ray.train or
     ray.tune) and then `after`; a sweep trial (`sweep`: report_every, metric, mode) reports more often and records
     divergence as a result. The scratch folder is removed however the run ends (by the next worker on the node if
     this one is killed: orchestration/scratch.py)."""
     reporter = RayReporter(api, every=sweep["report_every"] if sweep else 0,
-                           before_report=tracker.flush if tracker else lambda: None, notes=notes)
+                           before_report=tracker.flush if tracker else lambda: None, notes=notes, storage=storage)
     with scratch_folder() as scratch:
+        resume = fetch_checkpoint(stored := api.get_checkpoint(), scratch)
+        reporter.remember(resume, stored)
         try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
             run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
-                resume_from=fetch_checkpoint(api.get_checkpoint(), scratch))
+                resume_from=resume)
         except TrainingDiverged as err:
             if not sweep:
-                raise
+                raise reporter.in_storage_terms(err) from None
             record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
+        except NOT_RETRIED as err:  # ends the run (orchestration.failures): say where its checkpoint is kept
+            raise reporter.in_storage_terms(err) from None
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -182,9 +241,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     records the run in MLflow and writes the console log; a sweep trial's workers (loop_config["sweep"]) report
     more often and record divergence."""
     quiet_ray_console()
+    try:
+        train_worker(loop_config)
+    except NOT_RETRIED:  # the run ends here (orchestration.failures), and the driver says why in one line
+        RayInfoFilter.stopping = True
+        raise
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """train_loop's work, on rank 0 with the MLflow logger and the console log."""
     cfg = config_from_dict(loop_config["config"])
     common = {"sweep": loop_config.get("sweep"), "device": ray.train.torch.get_device(),
-              "notes": {"mlflow_run_id": loop_config["run_id"]}}  # the run a checkpoint belongs to
+              "notes": {"mlflow_run_id": loop_config["run_id"]},  # the run a checkpoint belongs to
+              "storage": loop_config["storage"]}
     if ray.train.get_context().get_world_rank() != 0:
         train_reported(cfg, ray.train, **common)
         return
