@@ -6,6 +6,8 @@
 Everything is checked before the first trial (sweep file, every trial's config, tracking store, cluster room for
 max_concurrent trials); then one MLflow parent run for the sweep and one child run per trial. Running the same
 command after the driver died restores the Tune experiment (finished trials are kept, the searcher's state too).
+Ctrl-C or SIGTERM stops the sweep (orchestration/sweep_stop.py): the parent run and the trials it was running end
+KILLED, no best lr is reported, exit 130; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from mupvit.outputs import check_output_file
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.launch_config import load_launch
+from orchestration.signals import interrupt_on_sigterm
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
+from orchestration.sweep_stop import fit_until_stopped
 from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_store_shared, check_writable_store, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
@@ -114,18 +118,33 @@ def results_table(df: pd.DataFrame, spec: SweepSpec, base: Config, steps: int) -
 
 
 def close_children(client: MlflowClient, experiment_id: str, parent_id: str, last_steps: dict[str, int],
-                   steps: int) -> None:
+                   steps: int, stopped: bool = False) -> None:
     """Trials that Tune stopped leave their child run RUNNING: those ASHA cut short are marked early-stopped
-    (KILLED), those stopped at their final step (ASHA's max_t) finished."""
+    (KILLED), those stopped at their final step (ASHA's max_t) finished. When Ctrl-C or SIGTERM stopped the sweep
+    (`stopped`), `last_steps` holds only the trials Tune had ended; the others were running: KILLED, not
+    early-stopped, and the resumed sweep continues them."""
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     for child in children:
         if child.info.status != "RUNNING":
             continue
-        if last_steps.get(child.data.tags.get("trial_id", ""), 0) >= steps:
+        trial = child.data.tags.get("trial_id", "")
+        if stopped and trial not in last_steps:
+            client.set_terminated(child.info.run_id, "KILLED")
+        elif last_steps.get(trial, 0) >= steps:
             client.set_terminated(child.info.run_id, "FINISHED")
         else:
             client.set_tag(child.info.run_id, "early_stopped", "true")
             client.set_terminated(child.info.run_id, "KILLED")
+
+
+def ended_trials(df: pd.DataFrame) -> dict[str, int]:
+    """{trial_id: last step} of the trials Tune ended (their last result is `done`: run to the end or stopped by
+    ASHA), as opposed to those a stopped sweep was running."""
+    if "done" not in df or "trial_id" not in df:  # no trial reported anything yet
+        return {}
+    ended = df[df["done"].fillna(False).astype(bool)]
+    return dict(zip(ended["trial_id"], ended["step"].fillna(0).astype(int) if "step" in ended else [0] * len(ended),
+                    strict=True))
 
 
 def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) -> tuple[list[str], float]:
@@ -172,6 +191,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     uri = resolve_tracking_uri(base.tracking, base_dir)
     check_writable_store(uri)
     log(f"connecting: {connect(base.cluster)}")
+    interrupt_on_sigterm()  # after ray.init, whose own handler would exit at once; fit() takes both signals itself
     check_room(spec)
     check_store_shared(uri, node_count())
     check_data_on_worker(base)
@@ -181,23 +201,31 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     parent_id, before = open_run(client, base, f"sweep:{spec.name}", REPO,
                                  extra_tags={"sweep": spec.name, "sweep_role": "parent", "search": spec.algorithm,
                                              "scheduler": spec.scheduler})
-    client.log_artifact(parent_id, spec.path)
-    client.log_dict(parent_id, spec.space, "search_space.json")
     experiment_id = client.get_run(parent_id).info.experiment_id
-    storage = base.cluster.storage_path
-    path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
-    trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
-                             base_dir=str(base_dir), storage=storage), trial_resources(spec))
+    stopped_line = (f"sweep {spec.name} is stopped and marked KILLED in MLflow (parent run {parent_id} and the "
+                    "trials it was running); no best lr is reported; run the same command to resume it (finished "
+                    "trials are kept)")
     try:
+        client.log_artifact(parent_id, spec.path)
+        client.log_dict(parent_id, spec.space, "search_space.json")
+        storage = base.cluster.storage_path
+        path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
+        trainable = tune.with_resources(
+            tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
+                                 base_dir=str(base_dir), storage=storage), trial_resources(spec))
         tuner = restore_or_start(spec, trainable, path, storage, steps, parent_id, before)
-        grid = tuner.fit()
-    except KeyboardInterrupt:  # Ctrl-C: Tune has stopped its trials by now
+        grid, stopped = fit_until_stopped(tuner)
+    except KeyboardInterrupt:  # a signal before Tune could stop in order, or a second one: its trials die with us
+        close_children(client, experiment_id, parent_id, {}, steps, stopped=True)
         client.set_terminated(parent_id, "KILLED")
-        raise
+        raise KeyboardInterrupt(stopped_line) from None
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
+    if stopped:  # Tune ended fit() in order: its state is saved, the trials it was running are resumed next time
+        close_children(client, experiment_id, parent_id, ended_trials(grid.get_dataframe()), steps, stopped=True)
+        client.set_terminated(parent_id, "KILLED")
+        raise KeyboardInterrupt(stopped_line)
     table = results_table(grid.get_dataframe(), spec, run, steps)
     best = best_lr_table(table)
     close_children(client, experiment_id, parent_id, dict(zip(table["trial_id"], table["step"].fillna(0), strict=True)),
@@ -241,10 +269,19 @@ def main(argv: list[str] | None = None) -> int:
             print("µTransfer: " + " ".join(command))
             summary["transfer_command"] = command
             if args.launch:
-                summary["transfer_run"] = run_experiment(load_launch(args.transfer_to, sets, Path.cwd()), Path.cwd())
+                try:
+                    summary["transfer_run"] = run_experiment(load_launch(args.transfer_to, sets, Path.cwd()),
+                                                             Path.cwd())
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt("the µTransfer run is stopped and marked KILLED in MLflow; run the same "
+                                            "command to resume it from its last checkpoint") from None
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: each stage says what it recorded
+        said = str(stop) or "the sweep is stopped (before or after its trials ran); run the same command to resume it"
+        print(f"interrupted: {said}", file=sys.stderr)
+        return 130
     emit_summary(summary, args.summary_json)
     return 0
 

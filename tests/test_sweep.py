@@ -207,3 +207,85 @@ def test_a_sweep_storage_that_does_not_restore_fails_naming_it_and_ends_the_pare
     (parent,), children = runs(tmp_path)
     assert parent.info.status == "FAILED" and children == []
     assert (stored / "tuner.pkl").read_bytes() == b"not a pickle of Tune's"  # nothing of theirs removed
+
+
+def freeze_trials(head) -> None:
+    """SIGSTOP the head's Tune trial processes (`ray::ImplicitFunc...`): a trial signalled mid-run then cannot
+    finish before the driver's stop reaches it, however loaded the machine; Tune's cleanup kills them."""
+    for pid in head.processes():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                os.kill(pid, signal.SIGSTOP)
+        except OSError:  # it ended meanwhile
+            continue
+
+
+def trial_number(run) -> int:
+    return int(run.data.tags["trial_id"].rsplit("_", 1)[1])
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resumes_it(ray_head, ray_env, digits_root,
+                                                                                     tmp_path):
+    """Ctrl-C while the first trial trains, then SIGTERM (`kill`, `ray job stop`) once the resumed sweep has finished
+    that trial and started the second: each ends with exit 130 and one line, the parent run and the running trial
+    KILLED (not early-stopped), no best lr; the third run resumes the second trial and runs the first no more."""
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
+                                                     "optim.lr": {"log2_grid": [-8, -7]}})
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+    def children() -> list:
+        try:
+            return runs(tmp_path)[1]
+        except Exception:  # the store is still being created by the driver
+            return []
+
+    stops = ((signal.SIGINT, lambda found: len(found) == 1 and found[0].info.status == "RUNNING"),
+             # The second trial started, so Tune has ended the first; the second trains for a second or two (the
+             # first's actor reused), and is frozen within a poll of its start.
+             (signal.SIGTERM, lambda found: len(found) == 2))
+    for sig, ready in stops:
+        out, err = (open(tmp_path / f"driver_{sig.name}.{kind}", "w+") for kind in ("out", "err"))  # never a full pipe
+        with out, err:
+            driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
+                                      stdout=out, stderr=err, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 240
+                while not ready(children()):
+                    assert driver.poll() is None, f"the sweep ended before {sig.name}"
+                    assert time.monotonic() < deadline, f"no trial to stop within 240 s ({sig.name})"
+                    time.sleep(0.05)
+                freeze_trials(ray_head)
+                if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
+                    os.killpg(driver.pid, sig)
+                else:
+                    driver.send_signal(sig)
+                driver.wait(timeout=120)
+            finally:
+                if driver.poll() is None:
+                    os.killpg(driver.pid, signal.SIGKILL)
+                    driver.wait()
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        assert driver.returncode == 130, stderr[-3000:]
+        said = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
+        assert len(said) == 1 and "sweep tiny is stopped and marked KILLED in MLflow" in said[0], stderr[-3000:]
+        assert "run the same command to resume it" in said[0]
+        for noise in ("Traceback", "SIGTERM received", "Tuner.restore", "Stop signal received"):
+            assert noise not in stderr, (noise, stderr[-3000:])
+        assert "best lr" not in stdout and '"parent_run_id"' not in stdout  # no result, no summary
+        (parent,), found = runs(tmp_path)
+        assert parent.info.status == "KILLED", sig.name
+        statuses = {trial_number(c): c.info.status for c in found}  # Tune numbers trials in grid order
+        assert statuses == ({0: "KILLED"} if sig == signal.SIGINT else {0: "FINISHED", 1: "KILLED"}), sig.name
+        assert not any(c.data.tags.get("early_stopped") for c in found)
+    first = next(c for c in found if trial_number(c) == 0)
+    first_logged = len(client.get_metric_history(first.info.run_id, "train/loss"))
+    summary = sweep(tmp_path, path, ray_env)  # the same command once more: resumes and finishes
+    (parent,), found = runs(tmp_path)
+    assert parent.info.status == "FINISHED" and summary["trials"] == 2 and summary["errored"] == 0
+    assert len(found) == 2 and all(c.info.status == "FINISHED" for c in found)
+    assert len(client.get_metric_history(first.info.run_id, "train/loss")) == first_logged  # not run again
+    assert [row["trials"] for row in summary["best"]] == [2]  # the best lr, from both trials
