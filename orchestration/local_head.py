@@ -9,6 +9,8 @@ Ray process of the user, other heads included. Several heads run at once when ea
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 import requests
 
 from orchestration.head_processes import PROC, head_processes, kill_all
-from orchestration.loopback import BIN, cluster_env
+from orchestration.loopback import BIN, LOOPBACK_ONLY, cluster_env
 from orchestration.ports import HeadPorts
 from orchestration.ray_token import auth_headers, token_path, use_token_auth
 from orchestration.signals import interrupt_on_sigterm
@@ -68,6 +70,16 @@ class Head:
     def env(self) -> dict[str, str]:
         """cluster_env() with RAY_ADDRESS: a driver started with it joins this head."""
         return {**cluster_env(self.loopback_only), "RAY_ADDRESS": self.address}
+
+    def driver_recipe(self) -> str:
+        """The shell line after which a plain driver (`ray.init()`) in another terminal joins this head: its address,
+        token auth, the token file when it is not Ray's default, and Ray's single-machine mode. Without that mode a
+        driver turns 127.0.0.1 into the host's address, where a loopback-only head does not listen, and Ray retries
+        for 90 s before it fails."""
+        env = self.env()
+        names = ["RAY_ADDRESS", "RAY_AUTH_MODE", *(LOOPBACK_ONLY if self.loopback_only else {}),
+                 *(["RAY_AUTH_TOKEN_PATH"] if os.environ.get("RAY_AUTH_TOKEN_PATH") else [])]
+        return "export " + " ".join(f"{name}={shlex.quote(env[name])}" for name in names)
 
     def running(self) -> bool:
         return head_running(self.ports.dashboard)
@@ -206,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     head = start_head(args.num_cpus, args.port, args.dashboard_port, num_gpus=args.num_gpus)
     print(f"Ray head: RAY_ADDRESS={head.address}, job server {head.dashboard_url}; token in {token_path()} "
           "(`ray job submit` needs RAY_AUTH_MODE=token). Ctrl-C stops it.", flush=True)
+    print(f"a Python driver (ray.init()) joins it after: {head.driver_recipe()}", flush=True)
     interrupt_on_sigterm()
     try:
         while head.running():

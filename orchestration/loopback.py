@@ -17,6 +17,10 @@ BIN = Path(sys.executable).parent  # the project's virtual environment: `ray` an
 # so every daemon binds 127.0.0.1. On Linux Ray turns --node-ip-address 127.0.0.1 into the host's address and its
 # GCS, raylet and agents listen on every interface (docs/RAY-MLFLOW.md); with this they listen on loopback only.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The dashboard agent's Prometheus endpoint (`--metrics-export-port`) answers anyone without the token: off. Ray 2.60
+# has no switch for the two other Prometheus servers, of the autoscaler monitor and of the dashboard; they stay, on
+# loopback in the single-machine mode (README, "Security").
+NO_METRICS = {"RAY_enable_metrics_collection": "false"}
 
 
 def cluster_env(loopback_only: bool = True) -> dict[str, str]:
@@ -28,7 +32,7 @@ def cluster_env(loopback_only: bool = True) -> dict[str, str]:
     daemons then listen on the host's address too, and the token is all that keeps others out."""
     ensure_token()
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-            **(LOOPBACK_ONLY if loopback_only else {})}
+            **NO_METRICS, **(LOOPBACK_ONLY if loopback_only else {})}
 
 
 def loopback_driver() -> None:
@@ -44,9 +48,9 @@ def loopback_driver() -> None:
 
 def prepare_in_process_ray() -> None:
     """What start_head does for `ray start`, for a Ray that `ray.init(address="local")` is about to start in this
-    process: loopback_driver(), and its GCS address fixed and known to all its processes in advance (RAY_ADDRESS).
-    Ray Train's PlacementGroupCleaner looks its cluster up by that variable: without it, with another Ray on the
-    machine, it dies with "Found multiple active Ray instances"."""
+    process: loopback_driver(), the agent's metrics endpoint off (NO_METRICS), and its GCS address fixed and known
+    to all its processes in advance (RAY_ADDRESS). Ray Train's PlacementGroupCleaner looks its cluster up by that
+    variable: without it, with another Ray on the machine, it dies with "Found multiple active Ray instances"."""
     loopback_driver()
     gcs_port = free_port()
-    os.environ.update({"RAY_GCS_SERVER_PORT": str(gcs_port), "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"})
+    os.environ.update({"RAY_GCS_SERVER_PORT": str(gcs_port), "RAY_ADDRESS": f"127.0.0.1:{gcs_port}", **NO_METRICS})

@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from mupvit.config import Config, ConfigError, add_set_argument, check_budget, run_fingerprint
 from mupvit.data import DataError, build_splits, eval_sets
@@ -46,6 +46,7 @@ from orchestration.cluster import (
 )
 from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
+from orchestration.rendezvous import ClosedRendezvousConfig
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_store_shared, check_writable_store, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -201,7 +202,8 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
     set_ray_train_timings(c)
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+        # Its rendezvous store on loopback (one node) or the rank-0 node's address, not on every interface.
+        torch_config=ClosedRendezvousConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
                                      resources_per_worker={"CPU": c.cpus_per_worker,
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),

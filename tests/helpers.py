@@ -101,6 +101,14 @@ def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
     return found
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, words joined by spaces ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def loopback(address: IPv4Address | IPv6Address) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as Ray's gRPC servers show it
     return address.is_loopback or bool(mapped and mapped.is_loopback)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from orchestration.local_head import Head, stop_head
 from orchestration.loopback import BIN
 from orchestration.ports import HeadPorts, port_free
 
-from .helpers import listeners, worker_port_bases
+from .helpers import cmdline, listeners, worker_port_bases
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,13 +30,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------- fast: the ports and which processes are a head's
@@ -216,3 +210,22 @@ def test_idle_means_no_capacity_held_though_rays_own_helpers_linger(ray_head, ra
         done = subprocess.run([sys.executable, "-c", KILL_HELPER], env=ray_env, capture_output=True, text=True,
                               timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_driver_recipe_the_head_prints_joins_it_and_is_the_readmes(ray_head, ray_env, tmp_path, monkeypatch):
+    """A plain `ray.init()` in another terminal joins a loopback-only head after the line `python -m
+    orchestration.local_head` prints (without Ray's single-machine mode it would retry the host's address)."""
+    recipe = ray_head.driver_recipe()
+    words = shlex.split(recipe)
+    assert words[0] == "export"
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a terminal of ours: no Ray settings
+    task = "import ray; ray.init(); print(ray.get(ray.remote(lambda: 42).remote()))"
+    done = subprocess.run([sys.executable, "-c", task], env={**shell, **dict(w.split("=", 1) for w in words[1:])},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "42", done.stderr[-3000:]
+    # README gives the line of a head on the default ports with the token in its default place.
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    monkeypatch.setenv("HOME", str(tmp_path))  # its token is made there, not in the user's ~/.ray
+    default = Head(HeadPorts(), tmp_path, 0).driver_recipe()
+    assert default == "export RAY_ADDRESS=127.0.0.1:6379 RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+    assert default in (REPO / "README.md").read_text()

@@ -23,6 +23,7 @@ from orchestration.loopback import BIN, cluster_env
 from orchestration.tracking import RESOLVED_ARTIFACT, read_resolved
 
 from .helpers import tiny_experiment
+from .test_security import assert_run_on_loopback
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 20
@@ -241,6 +242,8 @@ def test_sigterm_and_ctrl_c_stop_the_run_as_killed_and_free_its_workers(ray_head
                 assert driver.poll() is None, f"the driver ended before {sig.name}"
                 assert time.monotonic() < deadline, "no checkpoint within 240 s"
                 time.sleep(0.2)
+            if sig == signal.SIGTERM:  # mid-training: every process of the run listens on loopback only
+                assert_run_on_loopback(ray_head, driver.pid)
             driver.send_signal(sig)
             assert driver.wait(timeout=120) == 130
             err.seek(0)

@@ -25,8 +25,9 @@ from orchestration.local_head import Head, start_head, stop_head
 from orchestration.loopback import BIN
 from orchestration.ports import HeadPorts, free_port, free_port_block
 
-from .helpers import worker_port_bases
+from .helpers import loopback, worker_port_bases
 from .test_orchestration import STEPS, final_model, write_config
+from .test_security import torch_listeners
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ class Node:
         assert starter.returncode == 0, out + err
         self.session = starter.pid
         self.head = head
+        self.ports = ports
 
     def pids(self) -> list[int]:
         return head_processes("/nonexistent", self.session)  # its session (no temp dir of its own)
@@ -135,6 +137,11 @@ def test_losing_a_node_mid_run_resumes_on_a_fresh_node_to_the_same_parameters(tw
             assert driver.poll() is None, "the run ended before the node could be lost"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.1)
+        # Mid-run on two nodes: torch's rendezvous store and gloo's sockets listen on the nodes' own address,
+        # neither on every interface nor on loopback (which the other node could not reach).
+        pids = [*head.processes(), *(pid for node in nodes for pid in node.pids())]
+        found = torch_listeners(pids, [head.ports, *(node.ports for node in nodes)])
+        assert found and not any(a.is_unspecified or loopback(a) for a, _ in found), sorted(found, key=str)
         nodes.pop().kill()
         fresh = free_port_block(worker_port_bases())
         nodes.append(Node(head, fresh))  # a fresh node: the worker group starts again on it
