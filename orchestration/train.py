@@ -213,9 +213,11 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
                              failure_config=FailureConfig(max_failures=c.max_failures,
                                                           controller_failure_limit=c.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=c.keep_checkpoints),
-                             # Ray Train's INFO lines ("Reporting training result ...") go to the session's
-                             # ray-train-sys-*.log files only; the console keeps the run's progress and warnings.
-                             logging_config=LoggingConfig(log_level="WARNING")),
+                             # Ray Train's INFO and WARNING lines go to the session's ray-train-sys-*.log files
+                             # only; the console keeps the run's own progress and warnings. Its warnings are
+                             # its own housekeeping, e.g. a resource request to its autoscaling coordinator timed
+                             # out on a busy head, logged with a 20-line traceback although "safe to ignore".
+                             logging_config=LoggingConfig(log_level="ERROR")),
     )
     try:
         return trainer.fit()
