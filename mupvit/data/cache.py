@@ -11,6 +11,7 @@ by URL only: clear the folder after replacing objects in place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -103,6 +104,7 @@ class ReadThroughCache:
         for sub in os.scandir(self.folder):
             if sub.is_dir():
                 for e in os.scandir(sub.path):
-                    if e.name.startswith(".tmp-") and e.stat().st_mtime < stale:
-                        Path(e.path).unlink(missing_ok=True)
+                    with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                        if e.name.startswith(".tmp-") and e.stat().st_mtime < stale:
+                            Path(e.path).unlink(missing_ok=True)
         return total
