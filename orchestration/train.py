@@ -4,8 +4,9 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m orchestration.train CONFIG
 
 Order of work, so that a bad request costs seconds and leaves nothing behind: config -> tracking store reachable
--> the run's lock (a second driver of the run is refused at once) -> Ray cluster can hold the workers -> dataset
-readable on a worker -> MLflow run (found again on resubmission) -> TorchTrainer.fit(). Every wait for busy
+-> the run's lock (a second driver of the run is refused at once; a bucket run's lock is in Ray, connected first)
+-> Ray cluster can hold the workers -> a bucket storage_path writable and the dataset readable on a worker -> MLflow
+run (found again on resubmission) -> TorchTrainer.fit(). Every wait for busy
 resources is bounded by cluster.resource_wait_s. The run name is deterministic (config file stem + the run's
 fingerprint, which changes only with settings that change the optimisation; or tracking.run_name), so running the
 same command after a crash, or after changing a resumable setting such as data.root or train.log_every, resumes
