@@ -150,3 +150,29 @@ def corrupt_jpeg(path: Path, size: tuple[int, int] = (12, 10)) -> Path:
     data = buf.getvalue()
     path.write_bytes(data[:-2] + b"\x00" * 497 + data[-2:])
     return path
+
+
+class MotoS3:
+    """moto's S3 server on 127.0.0.1:port, in this process (a thread); stop and start keep its objects. `env` is what
+    a client (or server) needs to reach it through the standard AWS variables."""
+
+    def __init__(self) -> None:
+        from orchestration.ports import free_port
+
+        self.port = free_port()
+        self.running = False
+        self.env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_ACCESS_KEY_ID": "test",
+                    "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        if not self.running:
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self.server.start()
+            self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False

@@ -33,14 +33,10 @@ from mupvit.data.storage import StorageUnavailable, filesystem, read_object
 from mupvit.data.upload import main as upload_main
 from mupvit.errors import ConfigError
 
+from .helpers import MotoS3
+
 BUCKET = "data"
 CLASSES = ("n01", "n02")
-
-
-def free_port() -> int:
-    from orchestration.ports import free_port as kernel_pick
-
-    return kernel_pick()
 
 
 def write_dataset(root: Path) -> None:
@@ -55,35 +51,12 @@ def write_dataset(root: Path) -> None:
     torch.save(({name: (name,) for name in CLASSES}, [CLASSES[0]] * 3), root / "meta.bin")
 
 
-class Server:
-    """moto's S3 server on 127.0.0.1:port; stop and start keep its objects (they live in this process)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-
-        self.running = False
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        if not self.running:
-            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-            self.server.start()
-            self.running = True
-
-    def stop(self) -> None:
-        if self.running:
-            self.server.stop()
-            self.running = False
-
-
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = Server()
+    server = MotoS3()
     server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = server.env
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     storage_module._FILESYSTEMS.clear()  # none made before these variables
