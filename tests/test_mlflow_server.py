@@ -4,6 +4,7 @@ MLFLOW_TRACKING_* variables and never hold the bucket's credentials."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -146,3 +147,51 @@ def test_server_refuses_a_client_without_credentials_or_with_wrong_ones(server):
     assert requests.post(search, json={"max_results": 1}, timeout=10).status_code == 401
     assert requests.post(search, json={"max_results": 1}, auth=(ADMIN, "wrong"), timeout=10).status_code == 401
     assert requests.post(search, json={"max_results": 1}, auth=(ADMIN, PASSWORD), timeout=10).ok
+
+
+def client_env(server: SimpleNamespace, ray_env: dict[str, str], **changes: str) -> dict[str, str]:
+    """A driver's environment: the shared head, the server's URI and login, and no bucket credentials at all."""
+    env = {k: v for k, v in {**os.environ, **ray_env}.items() if not k.startswith(("AWS_", "MLFLOW_TRACKING_"))}
+    return env | server.env | changes
+
+
+@pytest.mark.slow
+def test_a_run_on_the_server_keeps_its_weights_console_log_and_checkpoint(server, ray_env, digits_root, tmp_path,
+                                                                          monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
+
+    from .test_orchestration import summary_of, write_config
+
+    config = write_config(tmp_path, digits_root)
+    env = client_env(server, ray_env)
+    bad = subprocess.run([sys.executable, "-m", "orchestration.train", str(config)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=env | {"MLFLOW_TRACKING_PASSWORD": "wrong"})
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert bad.stderr.strip().splitlines() == [
+        f"error: MLflow tracking server {server.url} refuses the login of {ADMIN} (HTTP 401); set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server"], bad.stderr
+
+    summary = summary_of(subprocess.run([sys.executable, "-m", "orchestration.train", str(config)], cwd=tmp_path,
+                                        capture_output=True, text=True, timeout=300, env=env))
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(server.url)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[CHECKPOINT_TAG].endswith("/checkpoint.pt")
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the server writes the bucket
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"console.log", WEIGHTS_FOLDER, "config.yaml"} <= names, names
+    console = Path(client.download_artifacts(run.info.run_id, "console.log", str(tmp_path)))
+    assert "step" in console.read_text()
+
+    weights = f"runs:/{run.info.run_id}/{WEIGHTS_FOLDER}/{WEIGHTS_FILE}"
+    evaluated = subprocess.run([sys.executable, "-m", "mupvit.evaluate", str(config), "--checkpoint", weights],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert result["layout"] == "timm"
+    final = run.data.metrics
+    assert result["val"]["acc1"] == pytest.approx(final["final/val/acc1"], abs=1e-6), (result, final)
