@@ -150,8 +150,9 @@ class RayReporter(RunLogger):
 
     def remember(self, local: str | Path, stored: Any) -> None:
         """`local` was stored by Ray as the checkpoint `stored` (None: unknown)."""
-        if stored is not None:
-            self.stored[str(local)] = stored.path
+        if stored is not None:  # a URL for a bucket (pyarrow's paths have no scheme), a path for a local disk
+            scheme = stored.filesystem.type_name
+            self.stored[str(local)] = stored.path if scheme == "local" else f"{scheme}://{stored.path}"
 
     def in_storage_terms(self, err: Exception) -> Exception:
         """`err`, its local checkpoint paths (gone with the worker's scratch folder) replaced by where Ray stored
@@ -244,6 +245,8 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
         try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
             run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
                 resume_from=resume)
+            if tracker is not None and reporter.stored:
+                tracker.tag_checkpoint(f"{next(reversed(reporter.stored.values()))}/{CHECKPOINT_FILE}")
         except TrainingDiverged as err:
             if not sweep:
                 raise reporter.in_storage_terms(err) from None
