@@ -17,9 +17,8 @@ from urllib.parse import urlparse
 import pyarrow.fs
 
 from mupvit.errors import ConfigError, OutputError
+from orchestration.cluster import MLFLOW_LOGIN
 
-# Passed to every worker of the run: a bucket's endpoint and credentials, and an MLflow server's login.
-FORWARDED = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 LOCK_NAMESPACE = "mupvit-run-locks"
 
 
@@ -29,7 +28,7 @@ def is_bucket(storage_path: str) -> bool:
 
 def forwarded_env() -> dict[str, str]:
     """The AWS_* variables and the MLflow login of this process, for the runtime env of the run's Ray processes."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in FORWARDED}
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in MLFLOW_LOGIN}
 
 
 def runtime_env() -> dict[str, Any]:
