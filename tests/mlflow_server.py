@@ -100,11 +100,12 @@ def stop_session(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def mlflow_server(folder: Path, s3: MotoServer, host: str = "127.0.0.1") -> Iterator[SimpleNamespace]:
-    """The server on `host` (127.0.0.1; another address only because basic-auth is on), its artifacts in bucket
-    ARTIFACT_BUCKET of the started `s3` (created here), its files in `folder`. Yields its url, the client
-    environment (env: MLFLOW_TRACKING_URI and the admin's login), log and pid; stops it and PostgreSQL on the
-    way out."""
+def mlflow_server(folder: Path, s3: MotoServer, host: str = "127.0.0.1",
+                  pg: Postgres | None = None) -> Iterator[SimpleNamespace]:
+    """The server on `host` (127.0.0.1; another address only because basic-auth is on), its store in `pg` (a
+    started Postgres; one is started here when None), its artifacts in bucket ARTIFACT_BUCKET of the started `s3`
+    (created here), its files in `folder`. Yields its url, the client environment (env: MLFLOW_TRACKING_URI and the
+    admin's login), log and pid; stops it and PostgreSQL on the way out."""
     import boto3
 
     from orchestration.ports import free_port
@@ -112,9 +113,11 @@ def mlflow_server(folder: Path, s3: MotoServer, host: str = "127.0.0.1") -> Iter
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     boto3.client("s3", endpoint_url=s3.url, aws_access_key_id="test", aws_secret_access_key="test",
                  region_name="us-east-1").create_bucket(Bucket=ARTIFACT_BUCKET)
-    pg, process = Postgres(), None
+    process = None
     try:
-        pg.start()
+        if pg is None:
+            pg = Postgres()
+            pg.start()
         auth_ini = folder / "basic_auth.ini"
         auth_ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {pg.uri('mlflow_auth')}\n"
                             f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
@@ -138,4 +141,5 @@ def mlflow_server(folder: Path, s3: MotoServer, host: str = "127.0.0.1") -> Iter
             if process is not None:
                 stop_session(process)
         finally:
-            pg.stop()
+            if pg is not None:
+                pg.stop()

@@ -57,9 +57,12 @@ def test_a_wrong_password_is_one_line_and_exit_2_before_any_cluster_work(server,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
 
 
-def test_the_report_reads_a_run_of_the_server(server, digits_root, tmp_path, monkeypatch):
+def test_the_report_reads_a_run_of_the_server(server, digits_root, tmp_path, monkeypatch, capsys):
     """A run recorded as orchestration records it (params, tags, metrics, the resolved record as an artifact that
-    travels through the server), then `python -m dashboards.report` with the server's URI and login."""
+    travels through the server), then `python -m dashboards.report` (its main, in this process: no second start of
+    Python and its imports) with the server's URI and login in the environment."""
+    from dashboards.report import main
+
     from .test_report import TINY_TRAIN, record
 
     for key, value in server.env.items():
@@ -69,11 +72,11 @@ def test_the_report_reads_a_run_of_the_server(server, digits_root, tmp_path, mon
         "train.eval_at_epochs": [1], "optim.warmup_steps": 0, "tracking.experiment": "served", **TINY_TRAIN})
     run_id = record(server.url, launch, "served-run")
     out = tmp_path / "report"
-    done = subprocess.run([sys.executable, "-m", "dashboards.report", "--out", str(out)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env=client_env(server))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(out / "report.html")
-    assert f"report: reading runs from {server.url}" in done.stderr, done.stderr[-2000:]
+    capsys.readouterr()
+    assert main(["--out", str(out)]) == 0, capsys.readouterr().err[-3000:]
+    printed = capsys.readouterr()
+    assert printed.out.strip().splitlines()[-1] == str(out / "report.html")
+    assert f"report: reading runs from {server.url}" in printed.err, printed.err[-2000:]
     (row,) = list(csv.DictReader((out / "tables" / "reproduction.csv").open()))
     assert row["run"] == "served-run" and row["run id"] == run_id and row["status"] == "FINISHED", row
     from mlflow.tracking import MlflowClient

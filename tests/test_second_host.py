@@ -1,16 +1,17 @@
 """A cluster that shares nothing, on one machine: a head of 0 CPUs that listens beyond loopback (token auth on) and
 a worker node on "host B" (tests/second_host.py: its own network and mount namespaces), an S3-compatible server
-(moto) and an `mlflow server` on this machine's end of host B's veth."""
+(moto) and the team's `mlflow server` (PostgreSQL, basic-auth, proxied artifacts) on this machine's end of host B's
+veth."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,14 +20,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dashboards.ui import UiServer
 from mupvit.data import storage as storage_module
 from mupvit.data.storage import filesystem
 from mupvit.data.upload import main as upload_main
 from orchestration.local_head import start_head, stop_head
-from orchestration.ports import free_port, free_port_block
+from orchestration.ports import free_port_block
+from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
 
 from .helpers import MotoServer, listeners, loopback, tiny_experiment, worker_port_bases
+from .mlflow_server import Postgres, mlflow_server
 from .second_host import can_make_hosts, host_b, ip
 from .test_bucket_data import write_dataset
 from .test_security import TASK, http_status, without_token
@@ -38,19 +40,25 @@ BUCKET = "runs"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """The head (0 CPUs: every worker goes to host B), host B (1 CPU), and on this machine's end of host B's veth
-    an S3 server holding a tiny imagefolder dataset and an `mlflow server` (its SQLite store in a folder of its own);
-    the AWS variables of this process point at the S3 server while the module runs."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    head = start_head(num_cpus=0, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
+    an S3 server holding a tiny imagefolder dataset and the team's `mlflow server` (tests/mlflow_server.py:
+    PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and the MLflow login of this
+    process (the driver's side) are set while the module runs; host B never has them."""
     stack = ExitStack()
     try:
+        pg, pool = Postgres(), ThreadPoolExecutor(1)
+        stack.callback(pg.stop)
+        stack.callback(pool.shutdown)  # first: a start under way ends before PostgreSQL is stopped
+        starting = pool.submit(pg.start)  # initdb and pg_ctl (seconds) while the head starts
+        head = start_head(num_cpus=0, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
         stack.callback(stop_head, head)
         host = stack.enter_context(host_b(head))
         moto = MotoServer(host.host_ip)
         moto.start()
         stack.callback(moto.stop)
-        saved = {k: os.environ.get(k) for k in moto.env()}
-        os.environ.update(moto.env())
+        starting.result()
+        server = stack.enter_context(mlflow_server(tmp_path_factory.mktemp("host_b_mlflow"), moto, host.host_ip, pg))
+        saved = {k: os.environ.get(k) for k in {**moto.env(), **server.env}}
+        os.environ.update(moto.env() | server.env)
         stack.callback(restore, saved)
         storage_module._FILESYSTEMS.clear()  # none made before these variables
         stack.callback(storage_module._FILESYSTEMS.clear)
@@ -58,12 +66,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
         write_dataset(local)
         filesystem("s3://").mkdir(BUCKET)
         assert upload_main([str(local), f"s3://{BUCKET}/data"]) == 0
-        store = tmp_path_factory.mktemp("host_b_mlflow") / "mlflow.db"
-        MlflowClient(f"sqlite:///{store}").search_experiments()  # creates the store the server serves
-        server = UiServer(f"sqlite:///{store}", port=free_port(host.host_ip), host=host.host_ip)
-        url = server.start()
-        stack.callback(server.stop)
-        yield SimpleNamespace(head=head, host=host, moto=moto, mlflow=url)
+        yield SimpleNamespace(head=head, host=host, moto=moto, mlflow=server)
     finally:
         stack.close()
 
@@ -85,8 +88,9 @@ def test_host_b_joins_and_the_heads_listeners_beyond_loopback_refuse_a_client_wi
     # Ray 2.60's two Prometheus servers (read-only metrics; no switch to turn them off: docs/RAY-MLFLOW.md) are
     # the only ones that answer without the token.
     assert answered <= {head.ports.autoscaler_metrics, head.ports.dashboard_metrics}, answered
-    refused = host.run([sys.executable, "-c", TASK],
-                       {**without_token(head.env()), "RAY_ADDRESS": f"{host.host_ip}:{head.ports.gcs}"})
+    # One connection attempt, not Ray's 20 (a second apart): the refusal is the same, 19 s sooner.
+    refused = host.run([sys.executable, "-c", TASK], {**without_token(head.env()), "RAY_ADDRESS": f"{host.host_ip}:"
+                                                      f"{head.ports.gcs}", "RAY_gcs_server_port_wait_time_s": "1"})
     assert refused.returncode != 0 and "Authentication token is missing or incorrect" in refused.stderr, \
         refused.stderr[-2000:]
 
@@ -112,14 +116,15 @@ def bucket_config(folder: Path, digits_root: Path, **overrides) -> Path:
 
 
 def driver(cluster: SimpleNamespace, submit: Path, config: Path, *args: str) -> subprocess.Popen:
-    """orchestration.train started in `submit` (an empty folder) on the cluster: token, AWS and MLflow variables."""
-    env = {**cluster.head.env(), **cluster.moto.env(), "MLFLOW_TRACKING_URI": cluster.mlflow}
+    """orchestration.train started in `submit` (an empty folder) on the cluster: token, AWS and MLflow variables
+    (the server's URI and login: the login reaches the workers on host B only through Ray's runtime env)."""
+    env = {**cluster.head.env(), **cluster.moto.env(), **cluster.mlflow.env}
     return subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config), *args], cwd=submit, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def mlflow_runs(cluster: SimpleNamespace, name: str) -> list:
-    client = MlflowClient(cluster.mlflow)
+    client = MlflowClient(cluster.mlflow.url)
     experiment = client.get_experiment_by_name("test")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     return [r for r in runs if r.info.run_name == name]
@@ -156,8 +161,28 @@ def test_a_run_on_host_b_keeps_everything_in_the_bucket_and_a_second_driver_is_r
     assert fs.exists(summary["checkpoint"] + "/checkpoint.pt")
     console = fs.cat(f"s3://{BUCKET}/ray/onb/console.log").decode()
     assert "[step 24/24" in console, console[-2000:]
+    # One MLflow run on the team's server, FINISHED, its weights, config and console log downloadable from it.
     (run,) = mlflow_runs(cluster, "onb")
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_id == summary["mlflow_run_id"]
+    assert run.data.tags[CHECKPOINT_TAG].endswith("/checkpoint.pt"), run.data.tags[CHECKPOINT_TAG]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the server writes the bucket
+    # mupvit.evaluate on the driver's side, with the login, loads the weights from the server (checked below, once
+    # it is done: it runs while the artifacts are looked at).
+    weights = f"runs:/{run.info.run_id}/{WEIGHTS_FOLDER}/{WEIGHTS_FILE}"
+    evaluate = subprocess.Popen([sys.executable, "-m", "mupvit.evaluate", str(config), "--checkpoint", weights],
+                                cwd=tmp_path / "config", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **cluster.moto.env(), **cluster.mlflow.env})
+    client = MlflowClient(cluster.mlflow.url)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"console.log", WEIGHTS_FOLDER, "config.yaml"} <= names, names
+    logged = Path(client.download_artifacts(run.info.run_id, "console.log", str(tmp_path)))
+    assert "[step 24/24" in logged.read_text()
+    out, err = evaluate.communicate(timeout=300)
+    assert evaluate.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["layout"] == "timm"
+    final = run.data.metrics
+    assert result["val"]["acc1"] == pytest.approx(final["final/val/acc1"], abs=1e-6), (result, final)
 
 
 def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, digits_root, tmp_path):
