@@ -21,6 +21,11 @@ crops of these JPEGs, as one batched call (mupvit/data/batched_augment.py) and i
 ops), alternating rounds; the outputs are checked equal.
 
     python benchmarks/data_throughput.py [--images 64] [--rounds 5] [--workers 2] [--batch 256]
+
+With `--root URL` (s3://bucket/prefix; endpoint and credentials from the AWS variables) or `--moto` (an S3 server
+of moto's in this process, on 127.0.0.1), the same JPEGs also go into the bucket, and it times, side by side in
+alternating rounds: a cold start's listing of `--objects` objects against reading their manifest, and our train
+pipeline through the DataLoader (`--workers`, at least 1) from the bucket and from the local disk.
 """
 
 from __future__ import annotations
@@ -152,6 +157,59 @@ def device_half_rates(paths: list[str], batch: int, rounds: int) -> dict[str, fl
             "device_half_batched_over_per_image": batched_rate / per_image_rate}
 
 
+def moto_root() -> str:
+    """Start moto's S3 server on 127.0.0.1 (a free port) for this process, point the AWS variables at it, and
+    return a bucket URL there."""
+    import logging
+    import os
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()  # a daemon thread
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    from mupvit.data.storage import filesystem
+
+    filesystem("s3://").mkdir("bench")
+    return "s3://bench/data"
+
+
+def bucket_rates(root: str, paths: list[str], workers: int, rounds: int, objects: int,
+                 steps: int = 8) -> dict[str, float]:
+    """Cold start (list `objects` objects vs read their manifest) and loader images/s (bucket vs local disk)."""
+    from mupvit.data.manifest import _read, list_split, write_manifest
+    from mupvit.data.storage import filesystem, join
+
+    fs = filesystem(root)
+    listed = join(root, "listing")
+    fs.pipe({join(listed, "train", f"c{i % 100:03d}", f"{i:07d}.jpg"): b"x" for i in range(objects)})
+    write_manifest(listed, "train", list_split(listed, "train", progress=False))
+    urls = [join(root, "images", Path(p).name) for p in paths]
+    for path, url in zip(paths, urls, strict=True):
+        fs.put_file(path, url)
+    times: dict[str, list[float]] = {"list": [], "manifest": []}
+    rates: dict[str, list[float]] = {"bucket": [], "local": []}
+    for r in range(rounds):
+        for name in ("list", "manifest")[::1 if r % 2 == 0 else -1]:
+            start = time.perf_counter()
+            names = list_split(listed, "train", progress=False) if name == "list" else _read(listed, "train")
+            times[name].append(time.perf_counter() - start)
+            assert len(names) == objects
+        for name in ("bucket", "local")[::1 if r % 2 == 0 else -1]:
+            rates[name].append(loader_rate((urls if name == "bucket" else paths) * 4, max(1, workers), steps=steps))
+    t_list, t_manifest = statistics.median(times["list"]), statistics.median(times["manifest"])
+    bucket, local = statistics.median(rates["bucket"]), statistics.median(rates["local"])
+    return {f"cold_start_list_{objects}_objects_s": t_list, f"cold_start_manifest_{objects}_objects_s": t_manifest,
+            "list_over_manifest": t_list / t_manifest,
+            f"loader_bucket_images_per_s_{max(1, workers)}_workers": bucket,
+            f"loader_local_images_per_s_{max(1, workers)}_workers": local, "bucket_over_local": bucket / local}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64)
@@ -159,9 +217,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="also time our pipeline in a DataLoader")
     parser.add_argument("--batch", type=int, default=256, help="batch of the device-half comparison")
     parser.add_argument("--tiny", action="store_true", help="2 images, 1 round, batch 4 (the test suite's smoke run)")
+    parser.add_argument("--root", help="a bucket URL to time reads from (s3://bucket/prefix)")
+    parser.add_argument("--moto", action="store_true", help="time against moto's S3 server in this process")
+    parser.add_argument("--objects", type=int, default=10000, help="objects listed in the cold-start comparison")
     args = parser.parse_args()
     if args.tiny:
-        args.images, args.rounds, args.batch = 2, 1, 4
+        args.images, args.rounds, args.batch, args.objects = 2, 1, 4, 20
     trainer_threads = torch.get_num_threads()  # what the training process would use
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,6 +258,9 @@ def main() -> None:
                 where = f"{args.workers}_workers_batch_{args.batch}_{threads}_threads"
                 result[f"augment_on_{mode}_images_per_s_{where}"] = statistics.median(values)
         result.update(device_half_rates(paths, args.batch, args.rounds))
+        if args.root or args.moto:
+            result.update(bucket_rates(args.root or moto_root(), paths, args.workers, args.rounds, args.objects,
+                                       steps=2 if args.tiny else 8))
     print(json.dumps(result, indent=2))
 
 

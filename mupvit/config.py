@@ -28,6 +28,7 @@ from mupvit.errors import ConfigError, shown
 from mupvit.memory import MAX_DEVICE_BYTES, check_memory
 from mupvit.models.shapes import check_model
 from mupvit.schema import build, check_signs, matches, resumable, resumable_keys
+from mupvit.urls import check_url, is_url
 
 # The held-out split names (mupvit/data/minival.py makes them from data.minival_from).
 MINIVAL, TRAIN_MINUS_MINIVAL = "minival", "train_minus_minival"
@@ -38,7 +39,9 @@ class DataConfig:
     # `digits` builds the embedded demo from scikit-learn's digits under `root`;
     # `imagefolder` reads root/<split>/<class>/*; `imagenet` reads torchvision's ImageNet layout.
     dataset: Literal["digits", "imagefolder", "imagenet"] = "imagefolder"
-    root: str = resumable("")  # where the data lives, not what it is
+    # Where the data lives, not what it is: a folder, or a URL (s3://bucket/prefix, gs://..., any fsspec URL) whose
+    # splits are listed once into <root>/<split>.manifest.json.gz (mupvit/data/manifest.py).
+    root: str = resumable("")
     train_split: str = "train"
     # Declared train-set size; when set, it must match the data (lets epochs -> steps resolve early).
     num_train_examples: int | None = None
@@ -83,6 +86,10 @@ class DataConfig:
     minival_seed: int = 0
     num_workers: int = resumable(2)
     eval_batch_size: int = resumable(256)
+    # A URL root's node-local read-through cache ('' = none): objects read once are kept here, shared by every
+    # loader worker and process on the node, the least recently used evicted past cache_max_gb.
+    cache_dir: str = resumable("")
+    cache_max_gb: float = resumable(100.0)
 
 
 @dataclass
@@ -323,7 +330,7 @@ _POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "op
              "optim.clip_norm", "train.batch_size",
              "train.devices", "train.accum_steps",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
-             "train.total_steps", "data.num_train_examples", "data.eval_batch_size")
+             "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "data.cache_max_gb")
 _NON_NEGATIVE = ("train.seed", "data.minival_seed", "optim.weight_decay", "optim.warmup_steps", "data.num_workers",
                  "data.randaug_layers",
                  "data.mixup_alpha")
@@ -344,6 +351,18 @@ def _check_data(d: DataConfig) -> None:
             raise ConfigError(f"{key}: got {pair}, expected [min, max] with {lo} < min <= max <= {hi}")
     if d.dataset != "digits" and not d.root:
         raise ConfigError(f"data.root: required for dataset '{d.dataset}' (the folder holding the splits)")
+    _check_root("data.root", d.root)
+    if d.dataset == "digits" and is_url(d.root):
+        raise ConfigError(f"data.root: {d.root!r} is a URL; dataset 'digits' builds its images in a local folder")
+
+
+def _check_root(key: str, root: str | None) -> None:
+    """A URL root needs a filesystem for its scheme: one line naming the package to install, before any work."""
+    if root and is_url(root):
+        try:
+            check_url(root)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
 
 
 def _check_evals(cfg: Config) -> None:
@@ -357,6 +376,7 @@ def _check_evals(cfg: Config) -> None:
         check_signs(e, ("resize", "every"), prefix=f"{key}.")
         if e.resize is not None and e.resize < cfg.data.image_size:
             raise ConfigError(f"{key}.resize: {e.resize} must be >= data.image_size={cfg.data.image_size}")
+        _check_root(f"{key}.root", e.root)
         if e.root is None and e.layout is not None:
             raise ConfigError(f"{key}.layout: {e.layout!r} describes {key}.root, which is not set; set the root "
                               "or drop the layout (the data section's dataset applies)")

@@ -13,6 +13,9 @@ import ray
 from orchestration.launch_config import ClusterConfig
 from orchestration.loopback import loopback_driver, prepare_in_process_ray
 
+# A tracking server's login (MLflow's own variables), which every process of a run that logs needs.
+MLFLOW_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
 # A local Ray on a small machine: cap the object store (it defaults to 30% of RAM) so torch keeps the memory.
 LOCAL_OBJECT_STORE_BYTES = 1_000_000_000
 
@@ -68,6 +71,14 @@ def loopback_only_gcs(address: str) -> bool:
     return False
 
 
+def login_runtime_env() -> dict[str, dict[str, str]] | None:
+    """The MLflow server's login of this driver for every process of its job: a joined cluster's workers were
+    started without it (a local Ray's inherit it). A submitted job has it from its own runtime env (train_job_env):
+    repeating a key there would be a conflict that ray.init refuses."""
+    login = {k: os.environ[k] for k in MLFLOW_LOGIN if k in os.environ}
+    return {"env_vars": login} if login and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ else None
+
+
 def connect(c: ClusterConfig) -> str:
     """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
     if ray.is_initialized():
@@ -79,7 +90,7 @@ def connect(c: ClusterConfig) -> str:
         if loopback_only_gcs(address):  # a head of local_head: join it on its terms
             loopback_driver()
         try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=login_runtime_env())
         except (ConnectionError, RuntimeError) as err:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                                "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err

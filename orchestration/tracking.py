@@ -28,6 +28,11 @@ RUN_KEY_TAG = "mupvit.run_key"  # the deterministic run name: one MLflow run per
 # of orchestration.train), "derived": model shape, steps, epochs, devices, ... (mupvit.train.run_info)}.
 RESOLVED_ARTIFACT = "resolved.json"
 DEFAULT_URI = "sqlite:///mlflow.db"
+# The run's final weights (timm layout, model config in the file's metadata) and its config beside them: what
+# `python -m mupvit.evaluate CONFIG --checkpoint runs:/<run_id>/weights/model.safetensors` loads.
+WEIGHTS_FOLDER = "weights"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_TAG = "mupvit.checkpoint_uri"  # where Ray stored the run's newest checkpoint (a path or bucket URL)
 
 # MLflow's INFO lines ("Creating initial MLflow database tables...") are not the run's progress: warnings only on
 # the console, unless the user asks for more with MLflow's own MLFLOW_LOGGING_LEVEL.
@@ -86,11 +91,30 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                 "(`python -m dashboards.ui` or `mlflow server --host 127.0.0.1`) or fix tracking.uri / "
                 "MLFLOW_TRACKING_URI"
             ) from err
+        check_login(uri, timeout_s)
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingError(f"MLflow SQLite store {uri}: folder {folder} does not exist or is not writable; "
                                 "create it or set tracking.uri (or MLFLOW_TRACKING_URI) to a writable folder")
+
+
+def check_login(uri: str, timeout_s: float) -> None:
+    """A server with authentication (`mlflow server --app-name basic-auth`) must accept this process's login
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD, or _TOKEN): asked once here, since /health answers anyone."""
+    env = os.environ
+    auth = (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", "")) \
+        if env.get("MLFLOW_TRACKING_USERNAME") else None
+    headers = {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"} if env.get("MLFLOW_TRACKING_TOKEN") else {}
+    try:
+        response = requests.post(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", json={"max_results": 1},
+                                 auth=auth, headers=headers, timeout=timeout_s)
+    except requests.RequestException as err:
+        raise TrackingError(f"MLflow tracking server {uri} does not answer ({type(err).__name__})") from err
+    if response.status_code in (401, 403):
+        given = "no login" if auth is None and not headers else f"the login of {auth[0] if auth else 'the token'}"
+        raise TrackingError(f"MLflow tracking server {uri} refuses {given} (HTTP {response.status_code}); set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server")
 
 
 def check_writable_store(uri: str) -> None:
@@ -177,7 +201,8 @@ class MlflowLogger(RunLogger):
 
         tags = [RunTag("total_steps", str(info["total_steps"])), RunTag("train_images", str(info["train_images"]))]
         self.client.log_batch(self.run_id, tags=tags)
-        self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        self.config_text = yaml.safe_dump(config, sort_keys=False)
+        self.client.log_text(self.run_id, self.config_text, "config.yaml")
         resolved = {"config": config, "launch": self.launch, "derived": info}
         self.client.log_text(self.run_id, json.dumps(resolved, indent=1), RESOLVED_ARTIFACT)
 
@@ -201,8 +226,24 @@ class MlflowLogger(RunLogger):
             finals.update({f"final/{split}/{k}": v for k, v in values.items()})
         self.metrics(summary["steps"], finals)
         self.flush()
+        if summary.get("checkpoint"):
+            self.log_weights(Path(summary["checkpoint"]))
         if self.console_log is not None and self.console_log.exists():
             self.client.log_artifact(self.run_id, str(self.console_log))
+
+    def log_weights(self, checkpoint: Path) -> None:
+        """The weights of `checkpoint` (the run's last) as WEIGHTS_FOLDER/WEIGHTS_FILE, with the run's config.
+        Through the client, so a server with proxied artifacts stores them: the worker needs no bucket access."""
+        from mupvit.export import export  # torch: loaded by the worker that has it, not by every driver
+
+        with tempfile.TemporaryDirectory() as folder:
+            export(checkpoint, "timm", Path(folder) / WEIGHTS_FILE)
+            if getattr(self, "config_text", None):
+                (Path(folder) / "config.yaml").write_text(self.config_text)
+            self.client.log_artifacts(self.run_id, folder, WEIGHTS_FOLDER)
+
+    def tag_checkpoint(self, uri: str) -> None:
+        self.client.set_tag(self.run_id, CHECKPOINT_TAG, uri)
 
 
 def read_resolved(client: MlflowClient, run_id: str) -> dict[str, Any] | None:

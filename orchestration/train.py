@@ -4,8 +4,9 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m orchestration.train CONFIG
 
 Order of work, so that a bad request costs seconds and leaves nothing behind: config -> tracking store reachable
--> the run's lock (a second driver of the run is refused at once) -> Ray cluster can hold the workers -> dataset
-readable on a worker -> MLflow run (found again on resubmission) -> TorchTrainer.fit(). Every wait for busy
+-> the run's lock (a second driver of the run is refused at once; a bucket run's lock is in Ray, connected first)
+-> Ray cluster can hold the workers -> a bucket storage_path writable and the dataset readable on a worker -> MLflow
+run (found again on resubmission) -> TorchTrainer.fit(). Every wait for busy
 resources is bounded by cluster.resource_wait_s. The run name is deterministic (config file stem + the run's
 fingerprint, which changes only with settings that change the optimisation; or tracking.run_name), so running the
 same command after a crash, or after changing a resumable setting such as data.root or train.log_every, resumes
@@ -18,7 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ from orchestration.cluster import (
 from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
 from orchestration.rendezvous import ClosedRendezvousConfig
+from orchestration.run_storage import (
+    ClusterLock,
+    check_storage_writable,
+    is_bucket,
+    ray_storage,
+    runtime_env,
+    stored_uri,
+)
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_store_shared, check_writable_store, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -71,13 +80,14 @@ def run_name(launch: Launch) -> str:
 
 
 @ray.remote(num_returns="streaming")
-def _probe_data(config: dict[str, Any]) -> Iterator[int | None]:
-    """Runs where a worker would: the train split, every evaluator's data and train.init_from must be readable
-    there. Yields None as soon as it runs (it holds its resources: what follows is reading, not waiting), then the
-    train split's size."""
+def _probe_data(config: dict[str, Any], storage_path: str) -> Iterator[int | None]:
+    """Runs where a worker would: a bucket storage_path must be writable there, and the train split, every
+    evaluator's data and train.init_from readable. Yields None as soon as it runs (it holds its resources: what
+    follows is reading, not waiting), then the train split's size."""
     from mupvit.config import config_from_dict
 
     yield None
+    check_storage_writable(storage_path)
     cfg = config_from_dict(config)
     splits = build_splits(cfg)
     eval_sets(cfg, splits)
@@ -102,8 +112,9 @@ def check_data_on_worker(launch: Launch) -> int:
     c = launch.cluster
     need = worker_resources(c)
     left = wait_for_free_resources(c, log, need, "on a worker node to probe the data")
-    probe = _probe_data.options(num_cpus=c.cpus_per_worker, **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {}))
-    probe = probe.remote(launch.run.to_dict())
+    probe = _probe_data.options(num_cpus=c.cpus_per_worker, runtime_env=runtime_env(),
+                                **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {}))
+    probe = probe.remote(launch.run.to_dict(), c.storage_path)
     start_s = max(left, PROBE_START_S)
     if not ray.wait([probe], timeout=start_s)[0]:  # the free resources were taken meanwhile, or no worker starts
         ray.cancel(probe, force=True)
@@ -114,30 +125,38 @@ def check_data_on_worker(launch: Launch) -> int:
         ray.get(next(probe))
         return ray.get(next(probe))
     except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, OutputError):  # the bucket storage_path: its own message names it
+            raise OutputError(str(err.cause)) from None
         cause = err.cause if isinstance(err.cause, (DataError, ConfigError)) else describe_failure(err.cause)
         raise DataError(f"on a worker node: {cause}") from None
 
 
 def run_lock(c: ClusterConfig, name: str) -> AbstractContextManager[Any]:
-    """One driver per run, across jobs: the lock of the run's folder in a local cluster.storage_path. A bucket
-    (`scheme://`) has no local lock yet, so two drivers of one run there are not kept apart."""
-    if "://" in c.storage_path:
-        return nullcontext()
+    """One driver per run, across jobs: the lock of the run's folder in a local cluster.storage_path; for a bucket,
+    a named actor in the Ray cluster (connected first), which every driver of the cluster sees and which dies
+    with its driver."""
+    if is_bucket(c.storage_path):
+        return ClusterLock(f"{c.storage_path.rstrip('/')}/{name}", f"run {name}")
     return FolderLock(Path(c.storage_path) / name, f"run {name}")
 
 
 def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
     """Everything after the config was read: checks, MLflow run, Ray Train fit. Returns the summary."""
     c = launch.cluster
-    if "://" not in c.storage_path:
+    bucket = is_bucket(c.storage_path)
+    if not bucket:  # a bucket is checked on a worker node, by the data probe
         check_writable(Path(c.storage_path), "cluster.storage_path")
     uri = tracking_uri(launch.tracking, base_dir)
     check_writable_store(uri)
     name = run_name(launch)
     # The run's lock before anything that waits (Ray, the data probe, the workers' resources): a second driver of
     # the run is refused at once, naming the first, instead of waiting for it and then finding its run finished.
-    with run_lock(c, name):
+    # A bucket run's lock lives in the Ray cluster: connected first.
+    if bucket:
         log(f"connecting: {connect(c)}")
+    with run_lock(c, name):
+        if not bucket:
+            log(f"connecting: {connect(c)}")
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
         # FAILED, and a crash dump of Ray's threads)
         check_capacity(c)
@@ -169,7 +188,8 @@ def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
         raise
     client.set_terminated(run_id, "FINISHED")
     recorded = client.get_run(run_id).data.metrics  # the latest value of every metric, as MLflow shows it
-    return {**recorded, "checkpoint": result.checkpoint.path if result.checkpoint else None, "run_name": name,
+    checkpoint = stored_uri(launch.cluster.storage_path, result.checkpoint.path) if result.checkpoint else None
+    return {**recorded, "checkpoint": checkpoint, "run_name": name,
             "mlflow_run_id": run_id, "tracking_uri": uri}
 
 
@@ -188,10 +208,9 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
     """TorchTrainer.fit() of the run `name`. Inside a sweep trial (`sweep`: report_every, metric, mode) its
     workers' reports also reach Tune, so ASHA sees them."""
     c = launch.cluster
-    run_dir = Path(c.storage_path) / name if "://" not in c.storage_path else Path.home() / ".cache/mupvit" / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Nothing on the driver's disk: rank 0 writes the console log on its own node and uploads it to the storage.
     loop_config = {"config": launch.run.to_dict(), "launch": launch.sections(), "run_id": run_id,
-                   "tracking_uri": uri, "run_dir": str(run_dir), "fail_at_step": c.fail_at_step,
+                   "tracking_uri": uri, "fail_at_step": c.fail_at_step,
                    "storage": f"{c.storage_path.rstrip('/')}/{name}"}
     callbacks = [StopOnInputErrors()]
     if sweep is not None:
@@ -200,6 +219,7 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
         loop_config["sweep"] = sweep
         callbacks.append(TuneReportCallback())
     set_ray_train_timings(c)
+    storage_path, filesystem = ray_storage(c.storage_path)
     trainer = TorchTrainer(
         train_loop, train_loop_config=loop_config,
         # Its rendezvous store on loopback (one node) or the rank-0 node's address, not on every interface.
@@ -207,7 +227,8 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
                                      resources_per_worker={"CPU": c.cpus_per_worker,
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
-        run_config=RunConfig(name=name, storage_path=c.storage_path, callbacks=callbacks,
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=callbacks,
+                             worker_runtime_env=runtime_env(),  # the bucket's and MLflow's variables
                              # A worker group that cannot start (its node lost, no other) fails the controller:
                              # as many such tries as worker failures, then the run fails instead of retrying forever.
                              failure_config=FailureConfig(max_failures=c.max_failures,

@@ -27,6 +27,7 @@ from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
 from orchestration.failures import NOT_RETRIED
+from orchestration.run_storage import StoredFile
 from orchestration.scratch import scratch_folder
 from orchestration.tracking import MlflowLogger
 
@@ -149,8 +150,9 @@ class RayReporter(RunLogger):
 
     def remember(self, local: str | Path, stored: Any) -> None:
         """`local` was stored by Ray as the checkpoint `stored` (None: unknown)."""
-        if stored is not None:
-            self.stored[str(local)] = stored.path
+        if stored is not None:  # a URL for a bucket (pyarrow's paths have no scheme), a path for a local disk
+            scheme = stored.filesystem.type_name
+            self.stored[str(local)] = stored.path if scheme == "local" else f"{scheme}://{stored.path}"
 
     def in_storage_terms(self, err: Exception) -> Exception:
         """`err`, its local checkpoint paths (gone with the worker's scratch folder) replaced by where Ray stored
@@ -177,16 +179,31 @@ def record_divergence(err: TrainingDiverged, reporter: RayReporter, tracker: Mlf
 
 
 class FailOnce(RunLogger):
-    """cluster.fail_at_step: raise at the first logged step >= k, once per run (a marker file remembers)."""
+    """cluster.fail_at_step: raise at the first logged step >= k, once per run (a marker file in the run's storage
+    remembers)."""
 
-    def __init__(self, step: int, marker: Path) -> None:
+    def __init__(self, step: int, marker: StoredFile) -> None:
         self.step, self.marker = step, marker
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         if step >= self.step and not self.marker.exists():
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.write_text(str(step))
             raise InjectedFailure(f"injected failure at step {step} (cluster.fail_at_step={self.step})")
+
+
+class ConsoleUpload(RunLogger):
+    """Copies rank 0's console log (on its own node's disk) to the run's storage at each checkpoint; `now()` at the
+    end. A worker on another host than the driver cannot write a file on the driver's disk."""
+
+    def __init__(self, local: Path, console: TextIO, stored: StoredFile) -> None:
+        self.local, self.console, self.stored = local, console, stored
+
+    def checkpoint(self, step: int, path: str | None) -> None:
+        self.now()
+
+    def now(self) -> None:
+        self.console.flush()
+        self.stored.upload(self.local)
 
 
 class Tee:
@@ -228,6 +245,8 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
         try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
             run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
                 resume_from=resume)
+            if tracker is not None and reporter.stored:
+                tracker.tag_checkpoint(f"{next(reversed(reporter.stored.values()))}/{CHECKPOINT_FILE}")
         except TrainingDiverged as err:
             if not sweep:
                 raise reporter.in_storage_terms(err) from None
@@ -257,11 +276,24 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if ray.train.get_context().get_world_rank() != 0:
         train_reported(cfg, ray.train, **common)
         return
-    run_dir = Path(loop_config["run_dir"])
-    tracker = MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], run_dir / "console.log",
-                           launch=loop_config.get("launch"))
+    storage = ray.train.get_context().get_storage()  # the run's folder or bucket prefix, as Ray Train opens it
+    stored = StoredFile(storage.storage_filesystem, f"{storage.experiment_fs_path}/console.log")
     fail_at = loop_config.get("fail_at_step")
-    after = [FailOnce(fail_at, run_dir / "injected_failure.done")] if fail_at is not None else []
-    with (run_dir / "console.log").open("a") as console:
-        train_reported(cfg, ray.train, tracker=tracker, loggers=[ConsoleLogger(Tee(sys.stderr, console)), tracker],
-                       after=after, **common)
+    marker = StoredFile(storage.storage_filesystem, f"{storage.experiment_fs_path}/injected_failure.done")
+    after = [FailOnce(fail_at, marker)] if fail_at is not None else []
+    with scratch_folder() as logs:  # the console log on this node's disk, continuing an earlier attempt's
+        local = logs / "console.log"
+        local.write_text(stored.read_text() if stored.exists() else "")
+        tracker = MlflowLogger(loop_config["tracking_uri"], loop_config["run_id"], local,
+                               launch=loop_config.get("launch"))
+        with local.open("a") as console:
+            upload = ConsoleUpload(local, console, stored)
+            try:
+                train_reported(cfg, ray.train, tracker=tracker,
+                               loggers=[ConsoleLogger(Tee(sys.stderr, console)), tracker], after=[*after, upload],
+                               **common)
+            finally:  # a log that cannot be uploaded must not hide how the run ended
+                try:
+                    upload.now()
+                except OSError as err:
+                    print(f"mupvit: console log not uploaded to {stored.path}: {err}", file=sys.stderr)

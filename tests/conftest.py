@@ -27,6 +27,7 @@ SHARED_HEAD_CPUS = 2
 SHARED_FIXTURE_GROUPS = {
     "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "two_nodes": "orchestrated-runs",
     "store": "report-store", "two_rank_run": "ddp-run", "trained": "trained-run", "rows": "coord-check-rows",
+    "cluster": "second-host", "tracking_server": "mlflow-server",
 }
 
 

@@ -64,6 +64,39 @@ def tiny_config(digits_root: Path, out_dir: Path, **overrides: Any) -> Config:
     return config_from_dict(tiny_experiment(digits_root, out_dir, **overrides))
 
 
+class MotoServer:
+    """moto's S3 server on host:port (127.0.0.1 unless a second host must reach it); stop and start keep its
+    objects (they live in this process)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        from orchestration.ports import free_port
+
+        self.host, self.port = host, free_port(host)
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that reach it."""
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        if not self.running:
+            self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+            self.server.start()
+            self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+
 def worker_port_bases() -> tuple[int, ...]:
     """This pytest-xdist worker's share of the Ray port-block bases (all of them without xdist): heads that parallel
     workers start at the same moment never pick the same block before either has bound it."""

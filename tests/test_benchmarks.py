@@ -34,10 +34,11 @@ def test_train_throughput_takes_the_identical_step_in_both_models(tmp_path):
 
 
 def test_data_throughput(tmp_path):
-    result = json.loads(tiny("data_throughput.py", cwd=tmp_path))
+    result = json.loads(tiny("data_throughput.py", "--moto", cwd=tmp_path))  # the bucket path: moto's S3 server
     assert {"floor_images_per_s_per_core", "mupvit_images_per_s_per_core", "floor_over_mupvit",
             "decode_tf_fast_images_per_s_per_core", "tf_fast_over_pillow_decode", "floor_over_loader_side",
-            "device_half_batched_over_per_image"} <= set(result)
+            "device_half_batched_over_per_image", "list_over_manifest", "bucket_over_local"} <= set(result)
+    assert result["cold_start_list_20_objects_s"] > 0 and result["loader_bucket_images_per_s_1_workers"] > 0
 
 
 def test_gpu_check_on_cpu(tmp_path):

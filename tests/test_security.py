@@ -55,10 +55,10 @@ def assert_closed(pids: list[int], gcs_address: str, env: dict[str, str], served
         assert done.returncode == 0 and done.stdout.split()[-1] == "42", done.stderr[-3000:]
 
 
-def http_status(port: int) -> int | None:
-    """What a GET of /metrics on 127.0.0.1:`port` without the token gets: a status, or None (not HTTP: gRPC)."""
+def http_status(port: int, host: str = "127.0.0.1") -> int | None:
+    """What a GET of /metrics on `host`:`port` without the token gets: a status, or None (not HTTP: gRPC)."""
     try:
-        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code
+        return requests.get(f"http://{host}:{port}/metrics", timeout=10).status_code
     except requests.RequestException:
         return None
 

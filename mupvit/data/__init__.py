@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Subset
 
 from mupvit.config import Config, DataConfig, EvalConfig
 from mupvit.data.batched_augment import augment_batch
-from mupvit.data.datasets import DataError, Split, load_split, load_splits
+from mupvit.data.cache import ReadThroughCache
+from mupvit.data.datasets import DataError, Split, join_root, load_split, load_splits
 from mupvit.data.decode import Decoded, decode_image, decode_noting
 from mupvit.data.digits import build_digits
 from mupvit.data.minival import MINIVAL, TRAIN_MINUS_MINIVAL, split_minival
@@ -47,13 +48,13 @@ def build_splits(cfg: Config) -> dict[str, Split]:
     n_classes = len(splits[d.train_split].classes)
     if n_classes != cfg.model.num_classes:
         raise DataError(
-            f"{Path(root) / d.train_split} has {n_classes} classes but model.num_classes is "
+            f"{join_root(root, d.train_split)} has {n_classes} classes but model.num_classes is "
             f"{cfg.model.num_classes}; set --set model.num_classes={n_classes}"
         )
     n_train = len(splits[d.train_split])
     if d.num_train_examples is not None and d.num_train_examples != n_train:
         raise DataError(
-            f"{Path(root) / d.train_split} has {n_train} images but data.num_train_examples is "
+            f"{join_root(root, d.train_split)} has {n_train} images but data.num_train_examples is "
             f"{d.num_train_examples}; fix the data or set --set data.num_train_examples={n_train}"
         )
     return splits
@@ -80,21 +81,28 @@ def eval_sets(cfg: Config, splits: dict[str, Split]) -> dict[str, EvalSet]:
             layout = e.layout or ("imagefolder" if cfg.data.dataset == "digits" else cfg.data.dataset)
             split = load_split(layout, e.root, e.split, num_classes=cfg.model.num_classes)
             if layout != "imagenet_v2" and split.classes != train.classes:
-                raise DataError(f"evals.{name}: the classes of {Path(e.root) / e.split} are not those of the train "
+                raise DataError(f"evals.{name}: the classes of {join_root(e.root, e.split)} are not those of the train "
                                 f"split ({len(split.classes)} vs {len(train.classes)} class folders, or other names)")
         real = load_real_labels(Path(e.real_labels).expanduser(), split) if e.real_labels else None
         out[name] = EvalSet(e, split, real)
     return out
 
 
+def read_cache(d: DataConfig) -> ReadThroughCache | None:
+    """The node-local cache of bucket objects (data.cache_dir), or None."""
+    return ReadThroughCache(d.cache_dir, int(d.cache_max_gb * 2**30)) if d.cache_dir else None
+
+
 def decoder(cfg: Config) -> Callable[[str], torch.Tensor]:
     """The image decoder of data.decode; train and eval decode alike, as in big_vision."""
-    return functools.partial(decode_image, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels)
+    return functools.partial(decode_image, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels,
+                             cache=read_cache(cfg.data))
 
 
 def noting_decoder(cfg: Config) -> Callable[[str], Decoded]:
     """`decoder`, also noting a JPEG only Pillow could decode: the train stream counts and names such files."""
-    return functools.partial(decode_noting, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels)
+    return functools.partial(decode_noting, method=cfg.data.decode, max_pixels=cfg.data.max_image_pixels,
+                             cache=read_cache(cfg.data))
 
 
 def _loader_kwargs(cfg: Config, pin_memory: bool) -> dict:

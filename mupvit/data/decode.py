@@ -20,6 +20,8 @@ more than `max_pixels` pixels is refused from its header, before any decoding, n
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -27,7 +29,9 @@ import simplejpeg
 import torch
 from PIL import Image
 
+from mupvit.data.cache import ReadThroughCache
 from mupvit.data.datasets import DataError
+from mupvit.urls import URL
 
 Decoder = Literal["tf_fast", "accurate"]
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -61,8 +65,9 @@ def decode_jpeg(path: str, data: bytes, method: Decoder, max_pixels: int) -> np.
         return str(err)
 
 
-def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    with Image.open(path) as image:
+def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
+    """Pillow's decode of the file at `path`, or of `data` (its bytes, already read) when given."""
+    with Image.open(path if data is None else io.BytesIO(data)) as image:
         check_size(path, image.height, image.width, max_pixels)
         if image.mode in SIXTEEN_BIT:  # convert("RGB") would clip 16-bit values to 0 or 255
             high = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
@@ -70,15 +75,34 @@ def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def decode_noting(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Decode an image file, naming the file when it cannot be read, and noting a JPEG recovered by Pillow."""
+def read_object_cached(url: str, cache: ReadThroughCache | None = None) -> bytes:
+    """An object's bytes from the node's cache, else from its bucket (with retries; then cached). A cache that
+    cannot be written (full disk) is passed by: the bytes read are good."""
+    from mupvit.data.manifest import hint_for
+    from mupvit.data.storage import read_object
+
+    if cache is not None and (data := cache.get(url)) is not None:
+        return data
+    data = read_object(url, hint_for(url))
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            cache.put(url, data)
+    return data
+
+
+def decode_noting(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS,
+                  cache: ReadThroughCache | None = None) -> Decoded:
+    """Decode an image file (or object: `path` may be a URL, read through `cache`), naming the file when it cannot
+    be read, and noting a JPEG recovered by Pillow."""
     refused = None
+    data = read_object_cached(path, cache) if URL.match(path) else None
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
         pixels = decode_jpeg(path, data, method, max_pixels) if data.startswith(JPEG_MAGIC) else None
         if not isinstance(pixels, np.ndarray):
-            refused, pixels = pixels, decode_with_pillow(path, max_pixels)
+            refused, pixels = pixels, decode_with_pillow(path, max_pixels, data)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot decode image {path}: {err}. Remove or replace the file.") from err
     if not pixels.flags.writeable:  # Pillow's arrays are read-only views
@@ -86,6 +110,7 @@ def decode_noting(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_
     return Decoded(torch.from_numpy(pixels).permute(2, 0, 1), refused)
 
 
-def decode_image(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Decode an image file to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
-    return decode_noting(path, method, max_pixels).pixels
+def decode_image(path: str, method: Decoder = "tf_fast", max_pixels: int = MAX_PIXELS,
+                 cache: ReadThroughCache | None = None) -> torch.Tensor:
+    """Decode an image file (or object) to a uint8 (3, H, W) tensor, naming the file when it cannot be read."""
+    return decode_noting(path, method, max_pixels, cache).pixels

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 
 from mupvit.data.datasets import DataError, Split
 from mupvit.data.decode import decode_image, decode_noting
+from mupvit.data.storage import StorageUnavailable
 
 
 class TrainSample(NamedTuple):
@@ -74,8 +75,8 @@ class StreamDataset(Dataset):
             path, label = self.split.samples[index]
             try:
                 image, refused = self.decode(path)
-            except DataError:
-                if not self.skip_bad:
+            except DataError as err:
+                if not self.skip_bad or isinstance(err, StorageUnavailable):  # an outage is no bad image
                     raise
                 continue
             out = self.transform(image, sample_rng(self.seed, position))

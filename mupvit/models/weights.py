@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from mupvit.models.adapters import adapter_for
 from mupvit.models.adapters.base import AdapterError, check_state, load_foreign
 from mupvit.models.adapters.files import layout_of, read_npz, read_safetensors
 from mupvit.models.vit import ViT
+from mupvit.urls import fetch, is_remote
 
 # Model settings that change the computation without changing any tensor's shape: an export records them.
 SEMANTIC_KEYS = ("gelu", "posemb", "pool", "head")
@@ -37,7 +39,15 @@ def check_semantics(path: Path, recorded: dict[str, Any], cfg: Config) -> None:
 
 def load_weights(model: ViT, cfg: Config, path: str | Path, keep_head: bool = False) -> str:
     """Load the checkpoint at `path` into `model` (built from `cfg`); returns its layout. `keep_head`: the
-    file's classifier is dropped and the model keeps its own (e.g. another num_classes)."""
+    file's classifier is dropped and the model keeps its own (e.g. another num_classes). `path` may also be a
+    URL (s3://...) or an MLflow artifact URI (runs:/<run_id>/weights/model.safetensors): read from a local copy."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="mupvit-weights-") as folder:
+            try:
+                local = fetch(str(path), Path(folder))
+            except ValueError as err:
+                raise AdapterError(str(err)) from None
+            return load_weights(model, cfg, local, keep_head)
     path = Path(path)
     layout = layout_of(path)
     if not path.is_file():

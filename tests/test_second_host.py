@@ -1,0 +1,195 @@
+"""A cluster that shares nothing, on one machine: a head of 0 CPUs that listens beyond loopback (token auth on) and
+a worker node on "host B" (tests/second_host.py: its own network and mount namespaces), an S3-compatible server
+(moto) and the team's `mlflow server` (PostgreSQL, basic-auth, proxied artifacts) on this machine's end of host B's
+veth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mupvit.data import storage as storage_module
+from mupvit.data.storage import filesystem
+from mupvit.data.upload import main as upload_main
+from orchestration.local_head import start_head, stop_head
+from orchestration.ports import free_port_block
+from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
+
+from .helpers import MotoServer, listeners, loopback, tiny_experiment, worker_port_bases
+from .mlflow_server import Postgres, mlflow_server
+from .second_host import can_make_hosts, host_b, ip
+from .test_bucket_data import write_dataset
+from .test_security import TASK, http_status, without_token
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not can_make_hosts(), reason="needs root, ip and unshare")]
+BUCKET = "runs"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """The head (0 CPUs: every worker goes to host B), host B (1 CPU), and on this machine's end of host B's veth
+    an S3 server holding a tiny imagefolder dataset and the team's `mlflow server` (tests/mlflow_server.py:
+    PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and the MLflow login of this
+    process (the driver's side) are set while the module runs; host B never has them."""
+    stack = ExitStack()
+    try:
+        pg, pool = Postgres(), ThreadPoolExecutor(1)
+        stack.callback(pg.stop)
+        stack.callback(pool.shutdown)  # first: a start under way ends before PostgreSQL is stopped
+        starting = pool.submit(pg.start)  # initdb and pg_ctl (seconds) while the head starts
+        head = start_head(num_cpus=0, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
+        stack.callback(stop_head, head)
+        host = stack.enter_context(host_b(head))
+        moto = MotoServer(host.host_ip)
+        moto.start()
+        stack.callback(moto.stop)
+        starting.result()
+        server = stack.enter_context(mlflow_server(tmp_path_factory.mktemp("host_b_mlflow"), moto, host.host_ip, pg))
+        saved = {k: os.environ.get(k) for k in {**moto.env(), **server.env}}
+        os.environ.update(moto.env() | server.env)
+        stack.callback(restore, saved)
+        storage_module._FILESYSTEMS.clear()  # none made before these variables
+        stack.callback(storage_module._FILESYSTEMS.clear)
+        local = tmp_path_factory.mktemp("host_b_data")
+        write_dataset(local)
+        filesystem("s3://").mkdir(BUCKET)
+        assert upload_main([str(local), f"s3://{BUCKET}/data"]) == 0
+        yield SimpleNamespace(head=head, host=host, moto=moto, mlflow=server)
+    finally:
+        stack.close()
+
+
+def restore(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_host_b_joins_and_the_heads_listeners_beyond_loopback_refuse_a_client_without_the_token(cluster):
+    head, host = cluster.head, cluster.host
+    outside = {(a, port) for a, port in listeners(head.processes()) if not loopback(a)}
+    assert outside, "the head listens on loopback only: host B could not have joined"
+    # Every one of them is reachable from host B (at the veth address, or this machine's own, routed through it).
+    answered = {port for _, port in outside if http_status(port, host.host_ip) not in (None, 401)}
+    # Ray 2.60's two Prometheus servers (read-only metrics; no switch to turn them off: docs/RAY-MLFLOW.md) are
+    # the only ones that answer without the token.
+    assert answered <= {head.ports.autoscaler_metrics, head.ports.dashboard_metrics}, answered
+    # One connection attempt, not Ray's 20 (a second apart): the refusal is the same, 19 s sooner.
+    refused = host.run([sys.executable, "-c", TASK], {**without_token(head.env()), "RAY_ADDRESS": f"{host.host_ip}:"
+                                                      f"{head.ports.gcs}", "RAY_gcs_server_port_wait_time_s": "1"})
+    assert refused.returncode != 0 and "Authentication token is missing or incorrect" in refused.stderr, \
+        refused.stderr[-2000:]
+
+
+def test_host_b_leaves_nothing_behind_when_it_fails_to_start(cluster):
+    """Its teardown fails the test if anything is left (namespace, veth, a process); here it must not."""
+    with pytest.raises(RuntimeError, match="did not join"), host_b(cluster.head, timeout_s=0.5):
+        pass
+    mine = f"mupvit-b{os.getpid() % 100000}n"
+    assert [name for name in ip("netns", "list").stdout.split() if name.startswith(mine)] == [cluster.host.netns]
+
+
+def bucket_config(folder: Path, digits_root: Path, **overrides) -> Path:
+    """A tiny 1-worker imagefolder run, its data and its storage in the bucket, as a YAML file in `folder`."""
+    settings = {"data.dataset": "imagefolder", "data.root": f"s3://{BUCKET}/data", "data.eval_batch_size": 4,
+                "data.mixup_alpha": 0.0, "model.num_classes": 2, "train.batch_size": 4, "train.total_steps": 24,
+                "train.eval_every": 12, "train.ckpt_every": 8, "train.log_every": 4, "cluster.num_workers": 1,
+                "cluster.cpus_per_worker": 1, "cluster.storage_path": f"s3://{BUCKET}/ray",
+                "tracking.experiment": "test", **overrides}
+    path = folder / "bucket.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(digits_root, folder / "unused", **settings), sort_keys=False))
+    return path
+
+
+def driver(cluster: SimpleNamespace, submit: Path, config: Path, *args: str) -> subprocess.Popen:
+    """orchestration.train started in `submit` (an empty folder) on the cluster: token, AWS and MLflow variables
+    (the server's URI and login: the login reaches the workers on host B only through Ray's runtime env)."""
+    env = {**cluster.head.env(), **cluster.moto.env(), **cluster.mlflow.env}
+    return subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config), *args], cwd=submit, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def mlflow_runs(cluster: SimpleNamespace, name: str) -> list:
+    client = MlflowClient(cluster.mlflow.url)
+    experiment = client.get_experiment_by_name("test")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if r.info.run_name == name]
+
+
+def test_a_run_on_host_b_keeps_everything_in_the_bucket_and_a_second_driver_is_refused(cluster, digits_root,
+                                                                                      tmp_path):
+    (tmp_path / "submit").mkdir()
+    (tmp_path / "config").mkdir()
+    config = bucket_config(tmp_path / "config", digits_root)
+    first = driver(cluster, tmp_path / "submit", config, "--set", "tracking.run_name=onb", "--summary-json",
+                   "summary.json")
+    # Once the first driver holds the run (its MLflow run is opened after the lock), a second one is refused.
+    deadline = time.monotonic() + 180
+    while not mlflow_runs(cluster, "onb"):
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the first driver opened no MLflow run within 180 s"
+        time.sleep(0.5)
+    second = driver(cluster, tmp_path / "config", config, "--set", "tracking.run_name=onb")
+    _, err2 = second.communicate(timeout=120)
+    assert first.poll() is None, "the first driver ended before the second was refused: the check proves nothing"
+    errors = [line for line in err2.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1, err2[-3000:]
+    assert f"run onb: s3://{BUCKET}/ray/onb is in use by pid {first.pid} on " in errors[0], errors[0]
+    _, err = first.communicate(timeout=400)
+    assert first.returncode == 0, err[-4000:]
+    # The driver wrote nothing in its folder but the summary; checkpoints and console log are in the bucket.
+    assert [p.name for p in (tmp_path / "submit").iterdir()] == ["summary.json"]
+    summary = json.loads((tmp_path / "submit" / "summary.json").read_text())
+    assert summary["checkpoint"].startswith(f"s3://{BUCKET}/ray/onb/checkpoint_"), summary["checkpoint"]
+    fs = filesystem("s3://")
+    stored = fs.ls(f"{BUCKET}/ray/onb", detail=False)
+    assert any("/checkpoint_" in p for p in stored), stored
+    assert fs.exists(summary["checkpoint"] + "/checkpoint.pt")
+    console = fs.cat(f"s3://{BUCKET}/ray/onb/console.log").decode()
+    assert "[step 24/24" in console, console[-2000:]
+    # One MLflow run on the team's server, FINISHED, its weights, config and console log downloadable from it.
+    (run,) = mlflow_runs(cluster, "onb")
+    assert run.info.status == "FINISHED" and run.info.run_id == summary["mlflow_run_id"]
+    assert run.data.tags[CHECKPOINT_TAG].endswith("/checkpoint.pt"), run.data.tags[CHECKPOINT_TAG]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the server writes the bucket
+    # mupvit.evaluate on the driver's side, with the login, loads the weights from the server (checked below, once
+    # it is done: it runs while the artifacts are looked at).
+    weights = f"runs:/{run.info.run_id}/{WEIGHTS_FOLDER}/{WEIGHTS_FILE}"
+    evaluate = subprocess.Popen([sys.executable, "-m", "mupvit.evaluate", str(config), "--checkpoint", weights],
+                                cwd=tmp_path / "config", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **cluster.moto.env(), **cluster.mlflow.env})
+    client = MlflowClient(cluster.mlflow.url)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"console.log", WEIGHTS_FOLDER, "config.yaml"} <= names, names
+    logged = Path(client.download_artifacts(run.info.run_id, "console.log", str(tmp_path)))
+    assert "[step 24/24" in logged.read_text()
+    out, err = evaluate.communicate(timeout=300)
+    assert evaluate.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["layout"] == "timm"
+    final = run.data.metrics
+    assert result["val"]["acc1"] == pytest.approx(final["final/val/acc1"], abs=1e-6), (result, final)
+
+
+def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, digits_root, tmp_path):
+    config = bucket_config(tmp_path, digits_root, **{"cluster.storage_path": "s3://nosuch/ray"})
+    done = driver(cluster, tmp_path, config, "--set", "tracking.run_name=nobucket")
+    _, err = done.communicate(timeout=180)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert "cannot write to bucket 'nosuch'" in errors[0] and "no such bucket" in errors[0], errors[0]
+    assert not mlflow_runs(cluster, "nobucket")
