@@ -13,6 +13,7 @@ import itertools
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,22 @@ def hidden_folders(extra: list[Path]) -> list[Path]:
     return [*outside, Path("/tmp")]  # /tmp last: a mount point under it would be hidden first
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hiding_script(hide: list[Path]) -> str:
+    """Shell lines, run in host B's mount namespace, that lay a tmpfs over each hidden folder. The code and the
+    venv stay visible even when they live under /tmp (a clone there): bound aside under a tmpfs on /mnt first, then
+    bound back onto the fresh /tmp."""
+    under_tmp = [p for p in (REPO, Path(sys.prefix).resolve()) if p.is_relative_to("/tmp")]
+    keep = [p for p in under_tmp if not any(p != q and p.is_relative_to(q) for q in under_tmp)]
+    aside = [f"mkdir /mnt/keep{i}; mount --bind {shlex.quote(str(p))} /mnt/keep{i}" for i, p in enumerate(keep)]
+    back = [f"mkdir -p {shlex.quote(str(p))}; mount --bind /mnt/keep{i} {shlex.quote(str(p))}"
+            for i, p in enumerate(keep)]
+    hidden = [f"mount -t tmpfs -o size=2g tmpfs {shlex.quote(str(p))}" for p in hidden_folders(hide)]
+    return "; ".join([*(["mount -t tmpfs -o size=1m tmpfs /mnt", *aside] if keep else []), *hidden, *back])
+
+
 @contextmanager
 def host_b(head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> Iterator[HostB]:
     """Host B joined to `head` (started with loopback_only=False) with `num_cpus` CPUs; everything it made is
@@ -114,7 +131,7 @@ def host_b(head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: floa
         ip(*inside, "link", "set", "lo", "up")
         # The head's node address is this machine's own (Ray picks it): reached through the veth.
         ip(*inside, "route", "add", "default", "via", host.host_ip)
-        mounts = "; ".join(f"mount -t tmpfs -o size=2g tmpfs {shlex.quote(str(p))}" for p in hidden_folders(hide))
+        mounts = hiding_script(hide)
         ray = shlex.join([str(BIN / "ray"), "start", "--address", f"{host.host_ip}:{head.ports.gcs}",
                           "--node-ip-address", host.node_ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
                           "--object-store-memory", "300000000", "--disable-usage-stats", "--block"])
