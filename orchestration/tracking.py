@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -232,12 +233,25 @@ class MlflowLogger(RunLogger):
             self.client.log_artifact(self.run_id, str(self.console_log))
 
     def log_weights(self, checkpoint: Path) -> None:
-        """The weights of `checkpoint` (the run's last) as WEIGHTS_FOLDER/WEIGHTS_FILE, with the run's config.
+        """The weights of `checkpoint` (the run's last) as WEIGHTS_FOLDER/WEIGHTS_FILE (timm layout), or model.npz
+        (big_vision's) for a model timm cannot hold (an MLP head), with the run's config. None for a model neither
+        holds (µP away from its base width): a warning, and the checkpoint tag still names the run's checkpoint.
         Through the client, so a server with proxied artifacts stores them: the worker needs no bucket access."""
         from mupvit.export import export  # torch: loaded by the worker that has it, not by every driver
+        from mupvit.models.adapters.base import AdapterError
 
         with tempfile.TemporaryDirectory() as folder:
-            export(checkpoint, "timm", Path(folder) / WEIGHTS_FILE)
+            refusals = []
+            for layout, name in (("timm", WEIGHTS_FILE), ("big_vision", "model.npz")):
+                try:
+                    export(checkpoint, layout, Path(folder) / name)
+                    break
+                except AdapterError as err:
+                    refusals.append(f"{layout}: {err}")
+            else:
+                print(f"warning: no weights artifact ({'; '.join(refusals)}); the run's checkpoint is "
+                      f"{checkpoint}", file=sys.stderr, flush=True)
+                return
             if getattr(self, "config_text", None):
                 (Path(folder) / "config.yaml").write_text(self.config_text)
             self.client.log_artifacts(self.run_id, folder, WEIGHTS_FOLDER)
