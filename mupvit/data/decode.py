@@ -67,7 +67,11 @@ def decode_jpeg(path: str, data: bytes, method: Decoder, max_pixels: int) -> np.
 
 def decode_with_pillow(path: str, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
     """Pillow's decode of the file at `path`, or of `data` (its bytes, already read) when given."""
-    with Image.open(path if data is None else io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(path if data is None else io.BytesIO(data))
+    except Image.UnidentifiedImageError:  # Pillow's text names the BytesIO; ours names the file, as before
+        raise Image.UnidentifiedImageError(f"cannot identify image file {path!r}") from None
+    with opened as image:
         check_size(path, image.height, image.width, max_pixels)
         if image.mode in SIXTEEN_BIT:  # convert("RGB") would clip 16-bit values to 0 or 255
             high = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
