@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from mupvit.data.datasets import DataError
-from mupvit.data.storage import StorageUnavailable, cause, filesystem, join, read_object
+from mupvit.data.storage import StorageUnavailable, cause, filesystem, join, read_if_present
 
 FORMAT = "mupvit-manifest/1"
 SUFFIX = ".manifest.json.gz"
@@ -86,14 +86,8 @@ def write_manifest(root: str, split: str, names: list[str]) -> str:
 
 def _read(root: str, split: str) -> list[str] | None:
     url = manifest_url(root, split)
-    try:
-        data = read_object(url)
-    except StorageUnavailable:
-        raise
-    except DataError as err:
-        if "no such object" in str(err):
-            return None
-        raise
+    if (data := read_if_present(url)) is None:
+        return None
     try:
         body = json.loads(gzip.decompress(data))
         if body.get("format") != FORMAT or body.get("count") != len(body["files"]):
@@ -111,14 +105,8 @@ def read_meta(root: str) -> bool:
     import torch
 
     url = join(root, "meta.bin")
-    try:
-        data = read_object(url)
-    except StorageUnavailable:
-        raise
-    except DataError as err:
-        if "no such object" in str(err):
-            return False
-        raise
+    if (data := read_if_present(url)) is None:
+        return False
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception as err:

@@ -20,7 +20,8 @@ from typing import Any
 from mupvit.data.datasets import DataError
 from mupvit.urls import URL, check_url, is_url, protocol
 
-__all__ = ["URL", "check_url", "is_url", "protocol", "filesystem", "join", "read_object", "StorageUnavailable"]
+__all__ = ["URL", "check_url", "is_url", "protocol", "filesystem", "join", "read_object", "read_if_present",
+           "StorageUnavailable", "ObjectMissing"]
 
 READ_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds before each retry of a read: 5 tries within ~8 s
 # Per protocol: the library's retries off (ours bound a read), no listing cache (a rebuilt manifest lists anew).
@@ -31,6 +32,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "gcs": {"use_listings_cache": False},
 }
 _FILESYSTEMS: dict[tuple[int, str], Any] = {}
+
+
+class ObjectMissing(DataError):
+    """No object at the URL (a bad image when listed: data.on_bad_image applies)."""
 
 
 class StorageUnavailable(DataError):
@@ -73,7 +78,7 @@ def read_object(url: str, hint: str = "") -> bytes:
         try:
             return filesystem(url).cat_file(url)
         except FileNotFoundError as err:
-            raise DataError(f"cannot read {url}: no such object ({cause(err)}){hint}") from err
+            raise ObjectMissing(f"cannot read {url}: no such object ({cause(err)}){hint}") from err
         except PermissionError as err:
             raise DataError(f"cannot read {url}: access denied ({cause(err)}); check the credentials "
                             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's policy") from err
@@ -84,3 +89,11 @@ def read_object(url: str, hint: str = "") -> bytes:
                     "endpoint (AWS_ENDPOINT_URL) and the network, then run the same command to resume") from err
             time.sleep(READ_DELAYS[attempt] * random.uniform(0.75, 1.25))
     raise AssertionError("unreachable")
+
+
+def read_if_present(url: str) -> bytes | None:
+    """The bytes of the object at `url`, None when there is none (other failures raise as read_object's)."""
+    try:
+        return read_object(url)
+    except ObjectMissing:
+        return None
