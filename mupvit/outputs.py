@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -68,6 +69,17 @@ def remove_empty(folders: list[Path]) -> None:
             break
 
 
+def holder_info() -> dict[str, Any]:
+    """Who takes a lock: this process (pid, host, command, start time), as the next one is told."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": sys.argv,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def describe_holder(info: dict[str, Any]) -> str:
+    """holder_info's record in words, for the message that refuses a second holder."""
+    return f"pid {info['pid']} on {info['host']} since {info['started']} ({' '.join(info['command'])[:120]})"
+
+
 class FolderLock:
     """An exclusive lock on `folder` for the life of a `with` block; a second holder is refused at once, with a
     message naming the first (pid, host, command, start time). On exit the lock files are removed, and so is the
@@ -81,9 +93,7 @@ class FolderLock:
 
     def holder(self) -> str:
         try:
-            info = json.loads((self.folder / HOLDER_NAME).read_text())
-            return (f"pid {info['pid']} on {info['host']} since {info['started']} "
-                    f"({' '.join(info['command'])[:120]})")
+            return describe_holder(json.loads((self.folder / HOLDER_NAME).read_text()))
         except (OSError, ValueError, KeyError):
             return "another process"
 
@@ -95,9 +105,7 @@ class FolderLock:
         except Timeout:
             raise ConfigError(f"{self.what}: {self.folder} is in use by {self.holder()}; wait for it to finish, or "
                               "choose another folder") from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": sys.argv,
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (self.folder / HOLDER_NAME).write_text(json.dumps(holder))
+        (self.folder / HOLDER_NAME).write_text(json.dumps(holder_info()))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:

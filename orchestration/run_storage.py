@@ -7,9 +7,6 @@ one-driver lock held in the Ray cluster itself, where every driver sees it."""
 from __future__ import annotations
 
 import os
-import socket
-import sys
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -17,6 +14,7 @@ from urllib.parse import urlparse
 import pyarrow.fs
 
 from mupvit.errors import ConfigError, OutputError
+from mupvit.outputs import describe_holder, holder_info
 from orchestration.cluster import MLFLOW_LOGIN
 
 LOCK_NAMESPACE = "mupvit-run-locks"
@@ -32,7 +30,8 @@ def forwarded_env() -> dict[str, str]:
 
 
 def runtime_env() -> dict[str, Any]:
-    return {"env_vars": forwarded_env()} if forwarded_env() else {}
+    env = forwarded_env()
+    return {"env_vars": env} if env else {}
 
 
 def s3_filesystem() -> pyarrow.fs.S3FileSystem:
@@ -141,15 +140,13 @@ class ClusterLock:
     def __enter__(self) -> ClusterLock:
         import ray
 
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": sys.argv}
         cls = ray.remote(num_cpus=0)(RunLockHolder)
         try:
-            self.actor = cls.options(name=self.key, namespace=LOCK_NAMESPACE, lifetime="non_detached").remote(info)
+            self.actor = cls.options(name=self.key, namespace=LOCK_NAMESPACE,
+                                     lifetime="non_detached").remote(holder_info())
         except ValueError:  # the name is taken: another live driver holds the run
             other = ray.get(ray.get_actor(self.key, namespace=LOCK_NAMESPACE).holder.remote())
-            command = " ".join(other["command"])[:120]
-            holder = f"pid {other['pid']} on {other['host']} since {other['started']} ({command})"
+            holder = describe_holder(other)
             raise ConfigError(f"{self.what}: {self.key} is in use by {holder}; wait for it to finish, or stop "
                               "it first") from None
         return self
