@@ -106,9 +106,12 @@ class StoredFile:
         return self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.NotFound
 
     def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_bytes(self, data: bytes) -> None:
         self.fs.create_dir(self.path.rpartition("/")[0], recursive=True)
         with self.fs.open_output_stream(self.path) as out:
-            out.write(text.encode())
+            out.write(data)
 
     def read_text(self) -> str:
         with self.fs.open_input_stream(self.path) as source:
@@ -116,7 +119,7 @@ class StoredFile:
 
     def upload(self, local: str | os.PathLike) -> None:
         with open(local, "rb") as source:
-            self.write_text(source.read().decode(errors="replace"))
+            self.write_bytes(source.read())
 
 
 class RunLockHolder:
