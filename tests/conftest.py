@@ -25,9 +25,9 @@ SHARED_HEAD_CPUS = 2
 # `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Tests that share an expensive module-
 # or session-scoped fixture run in one worker, so it is built once and not once per worker.
 SHARED_FIXTURE_GROUPS = {
-    "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "two_nodes": "orchestrated-runs",
+    "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "cluster": "orchestrated-runs",
     "store": "report-store", "two_rank_run": "ddp-run", "trained": "trained-run", "rows": "coord-check-rows",
-    "cluster": "second-host", "tracking_server": "mlflow-server",
+    "tracking_server": "mlflow-server",
 }
 
 
@@ -94,7 +94,7 @@ def ray_env(ray_head: Head) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
-    its summary). Compared with one worker there, and with a run that loses a node in tests/test_two_nodes.py (2
+    its summary). Compared with one worker there, and with a run that loses a host mid-run in tests/test_second_host.py (2
     ranks sum their gradients in either order alike, so the cluster's layout changes no bit)."""
     from .test_orchestration import orchestrate, summary_of, write_config
 

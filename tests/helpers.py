@@ -108,21 +108,14 @@ def worker_port_bases() -> tuple[int, ...]:
 
 
 def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
-    """(address, port) of every TCP socket these processes listen on, from /proc/net/tcp{,6} and their fds."""
-    listening: dict[str, tuple[IPv4Address | IPv6Address, int]] = {}  # socket inode -> where it listens
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                host, port = fields[1].rsplit(":", 1)
-                # the kernel prints each 32-bit word of the address in host (little-endian) order
-                raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
-                listening[fields[9]] = (ip_address(raw), int(port, 16))
+    """(address, port) of every TCP socket these processes listen on, from their fds and the TCP tables of their own
+    network namespace (/proc/<pid>/net/tcp{,6}: a process of host B, tests/second_host.py, lists host B's)."""
     found = set()
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
+            listening = listening_sockets(pid)
+        except OSError:  # gone
             continue
         for fd in fds:
             try:
@@ -132,6 +125,20 @@ def listeners(pids: list[int]) -> set[tuple[IPv4Address | IPv6Address, int]]:
             if (inode := re.fullmatch(r"socket:\[(\d+)\]", target)) and inode[1] in listening:
                 found.add(listening[inode[1]])
     return found
+
+
+def listening_sockets(pid: int) -> dict[str, tuple[IPv4Address | IPv6Address, int]]:
+    """socket inode -> (address, port) of every listening TCP socket in `pid`'s network namespace."""
+    listening = {}
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                host, port = fields[1].rsplit(":", 1)
+                # the kernel prints each 32-bit word of the address in host (little-endian) order
+                raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+                listening[fields[9]] = (ip_address(raw), int(port, 16))
+    return listening
 
 
 def cmdline(pid: int) -> str:

@@ -23,11 +23,15 @@ from pathlib import Path
 from orchestration.head_processes import kill_all
 from orchestration.local_head import Head
 from orchestration.loopback import BIN, cluster_env
+from orchestration.ports import PORT_BLOCK_BASES, HeadPorts
 from orchestration.ray_token import ensure_token, use_token_auth
 
 # 10.213.0.0/16, /30 per host B: unlikely to clash with a real network (checked against this machine's routes).
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
 _COUNT = itertools.count()
+# Every port of host B's node: in its own network namespace, so any block is free there; known, so that a test can
+# tell Ray's own listeners from torch's (tests/test_security.py torch_listeners).
+PORTS = HeadPorts.block(PORT_BLOCK_BASES[0])
 
 
 def can_make_hosts() -> bool:
@@ -131,25 +135,54 @@ def host_b(head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: floa
         ip(*inside, "link", "set", "lo", "up")
         # The head's node address is this machine's own (Ray picks it): reached through the veth.
         ip(*inside, "route", "add", "default", "via", host.host_ip)
-        mounts = hiding_script(hide)
-        ray = shlex.join([str(BIN / "ray"), "start", "--address", f"{host.host_ip}:{head.ports.gcs}",
-                          "--node-ip-address", host.node_ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
-                          "--object-store-memory", "300000000", "--disable-usage-stats", "--block"])
-        before = alive_cpus(head)
-        host.process = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",
-             f"set -e; {mounts}; exec {ray}"],
-            env=node_env(head), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while alive_cpus(head) < before + num_cpus:
-            if host.process.poll() is not None:
-                raise RuntimeError(f"host B's node exited ({host.process.returncode}): {host.process.stderr.read()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"host B's node did not join {head.address} within {timeout_s:g} s")
-            time.sleep(0.5)
+        start_node(host, head, hide, num_cpus, timeout_s)
         yield host
     finally:
         teardown(host, peer)
+
+
+def start_node(host: HostB, head: Head, hide: list[Path], num_cpus: int, timeout_s: float) -> None:
+    """A Ray node of `num_cpus` CPUs on host B, in a mount namespace of its own (so a fresh one sees none of the
+    files its predecessor wrote), joined to `head`: returns once the head counts its CPUs."""
+    ray = shlex.join([str(BIN / "ray"), "start", "--address", f"{host.host_ip}:{head.ports.gcs}",
+                      "--node-ip-address", host.node_ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
+                      "--object-store-memory", "300000000", "--disable-usage-stats", "--block", *node_flags()])
+    before = alive_cpus(head)
+    host.process = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"set -e; {hiding_script(hide)}; exec {ray}"],
+        env=node_env(head), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while alive_cpus(head) < before + num_cpus:
+        if host.process.poll() is not None:
+            raise RuntimeError(f"host B's node exited ({host.process.returncode}): {host.process.stderr.read()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"host B's node did not join {head.address} within {timeout_s:g} s")
+        time.sleep(0.5)
+
+
+def node_flags() -> list[str]:
+    """`ray start` flags that put every port of host B's node in PORTS (less the head's own)."""
+    flags = PORTS.flags()
+    named = dict(zip(flags[::2], flags[1::2], strict=True))
+    for head_only in ("--port", "--dashboard-port", "--ray-client-server-port"):
+        named.pop(head_only)
+    return [arg for pair in named.items() for arg in pair]
+
+
+def replace_node(host: HostB, head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> None:
+    """Host B's node dies (every process of host B SIGKILLed, its files gone with its mount namespace) and, once
+    the head has marked it dead, a fresh node starts at the same address: a preempted machine replaced."""
+    cpus = alive_cpus(head)
+    kill_all(host.pids, "host B")
+    host.process.wait(timeout=30)
+    host.process.stderr.close()
+    deadline = time.monotonic() + timeout_s
+    while alive_cpus(head) > cpus - num_cpus:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the head did not mark host B's node dead within {timeout_s:g} s")
+        time.sleep(0.5)
+    start_node(host, head, hide, num_cpus, timeout_s)
 
 
 def teardown(host: HostB, peer: str) -> None:

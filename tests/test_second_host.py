@@ -1,5 +1,5 @@
-"""A cluster that shares nothing, on one machine: a head of 0 CPUs that listens beyond loopback (token auth on) and
-a worker node on "host B" (tests/second_host.py: its own network and mount namespaces), an S3-compatible server
+"""A cluster that shares nothing, on one machine: a head of 1 CPU that listens beyond loopback (token auth on) and
+a worker node of 1 CPU on "host B" (tests/second_host.py: its own network and mount namespaces), an S3-compatible server
 (moto) and the team's `mlflow server` (PostgreSQL, basic-auth, proxied artifacts) on this machine's end of host B's
 veth."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
+import torch
 from mlflow.tracking import MlflowClient
 
 from mupvit.data import storage as storage_module
@@ -27,45 +28,46 @@ from orchestration.local_head import start_head, stop_head
 from orchestration.ports import free_port_block
 from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
 
-from .helpers import MotoServer, listeners, loopback, tiny_experiment, worker_port_bases
+from .helpers import MotoServer, listeners, loopback, worker_port_bases
 from .mlflow_server import Postgres, mlflow_server
-from .second_host import can_make_hosts, host_b, ip
-from .test_bucket_data import write_dataset
-from .test_security import TASK, http_status, without_token
+from .second_host import PORTS, can_make_hosts, host_b, ip, replace_node
+from .test_orchestration import STEPS, final_model, write_config
+from .test_security import TASK, http_status, torch_listeners, without_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not can_make_hosts(), reason="needs root, ip and unshare")]
 BUCKET = "runs"
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """The head (0 CPUs: every worker goes to host B), host B (1 CPU), and on this machine's end of host B's veth
-    an S3 server holding a tiny imagefolder dataset and the team's `mlflow server` (tests/mlflow_server.py:
-    PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and the MLflow login of this
-    process (the driver's side) are set while the module runs; host B never has them."""
+def cluster(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Iterator[SimpleNamespace]:
+    """The head (host A, 1 CPU), host B (1 CPU: a 2-worker run puts one worker on each), and on this machine's end
+    of host B's veth an S3 server holding the digits dataset (mupvit.data.upload) and the team's `mlflow server`
+    (tests/mlflow_server.py: PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and
+    the MLflow login of this process (the driver's side) are set while the module runs; host B never has them."""
     stack = ExitStack()
     try:
-        pg, pool = Postgres(), ThreadPoolExecutor(1)
+        pg, pool = Postgres(), ThreadPoolExecutor(2)
         stack.callback(pg.stop)
         stack.callback(pool.shutdown)  # first: a start under way ends before PostgreSQL is stopped
         starting = pool.submit(pg.start)  # initdb and pg_ctl (seconds) while the head starts
-        head = start_head(num_cpus=0, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
+        head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
         stack.callback(stop_head, head)
         host = stack.enter_context(host_b(head))
         moto = MotoServer(host.host_ip)
         moto.start()
         stack.callback(moto.stop)
-        starting.result()
-        server = stack.enter_context(mlflow_server(tmp_path_factory.mktemp("host_b_mlflow"), moto, host.host_ip, pg))
-        saved = {k: os.environ.get(k) for k in {**moto.env(), **server.env}}
-        os.environ.update(moto.env() | server.env)
+        saved = {k: os.environ.get(k) for k in moto.env()}
         stack.callback(restore, saved)
+        os.environ.update(moto.env())
         storage_module._FILESYSTEMS.clear()  # none made before these variables
         stack.callback(storage_module._FILESYSTEMS.clear)
-        local = tmp_path_factory.mktemp("host_b_data")
-        write_dataset(local)
         filesystem("s3://").mkdir(BUCKET)
-        assert upload_main([str(local), f"s3://{BUCKET}/data"]) == 0
+        uploading = pool.submit(upload_main, [str(digits_root), f"s3://{BUCKET}/digits"])  # while MLflow starts
+        starting.result()
+        server = stack.enter_context(mlflow_server(tmp_path_factory.mktemp("host_b_mlflow"), moto, host.host_ip, pg))
+        saved.update({k: os.environ.get(k) for k in server.env})
+        os.environ.update(server.env)
+        assert uploading.result() == 0
         yield SimpleNamespace(head=head, host=host, moto=moto, mlflow=server)
     finally:
         stack.close()
@@ -103,15 +105,13 @@ def test_host_b_leaves_nothing_behind_when_it_fails_to_start(cluster):
 
 
 def bucket_config(folder: Path, digits_root: Path, **overrides) -> Path:
-    """A tiny 1-worker imagefolder run, its data and its storage in the bucket, as a YAML file in `folder`."""
-    settings = {"data.dataset": "imagefolder", "data.root": f"s3://{BUCKET}/data", "data.eval_batch_size": 4,
-                "data.mixup_alpha": 0.0, "model.num_classes": 2, "train.batch_size": 4, "train.total_steps": 24,
-                "train.eval_every": 12, "train.ckpt_every": 8, "train.log_every": 4, "cluster.num_workers": 1,
-                "cluster.cpus_per_worker": 1, "cluster.storage_path": f"s3://{BUCKET}/ray",
-                "tracking.experiment": "test", **overrides}
-    path = folder / "bucket.yaml"
-    path.write_text(yaml.safe_dump(tiny_experiment(digits_root, folder / "unused", **settings), sort_keys=False))
-    return path
+    """tests/test_orchestration.py's tiny 2-worker digits run (the session's `two_worker_run`), reading the digits
+    from the bucket (the same files: the same samples) and storing in the bucket, as a YAML file in `folder`."""
+    # Two loader processes per worker overlap the bucket's latency (the samples do not depend on their number).
+    settings = {"data.dataset": "imagefolder", "data.root": f"s3://{BUCKET}/digits", "data.num_workers": 2,
+                "cluster.num_workers": 2, "cluster.max_failures": 2, "cluster.storage_path": f"s3://{BUCKET}/ray",
+                **overrides}
+    return write_config(folder, digits_root, **settings)
 
 
 def driver(cluster: SimpleNamespace, submit: Path, config: Path, *args: str) -> subprocess.Popen:
@@ -129,20 +129,41 @@ def mlflow_runs(cluster: SimpleNamespace, name: str) -> list:
     return [r for r in runs if r.info.run_name == name]
 
 
-def test_a_run_on_host_b_keeps_everything_in_the_bucket_and_a_second_driver_is_refused(cluster, digits_root,
-                                                                                      tmp_path):
+def wait_for(what: str, done, first: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Poll `done()` while the first driver runs; fail naming `what` if it ends or time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert first.poll() is None, f"the run ended before {what}: {first.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s:g} s"
+        time.sleep(0.1)
+
+
+def test_a_two_host_run_survives_losing_host_b_with_everything_in_the_bucket(cluster, two_worker_run, digits_root,
+                                                                             tmp_path):
+    """One worker per host; host B's node dies mid-run and a fresh one (nothing of the old one's disk) takes its
+    place; the run resumes from the checkpoint in the bucket and ends on the parameters of the uninterrupted run."""
+    _, reference = two_worker_run
     (tmp_path / "submit").mkdir()
-    (tmp_path / "config").mkdir()
     config = bucket_config(tmp_path / "config", digits_root)
     first = driver(cluster, tmp_path / "submit", config, "--set", "tracking.run_name=onb", "--summary-json",
                    "summary.json")
+    fs = filesystem("s3://")
+    snapshot = f"{BUCKET}/ray/onb/checkpoint_manager_snapshot.json"
+
+    def registered_checkpoint() -> bool:  # one only uploaded is lost with its worker
+        fs.invalidate_cache()
+        return fs.exists(snapshot) and bool(json.loads(fs.cat(snapshot))["checkpoint_results"])
+
     # Once the first driver holds the run (its MLflow run is opened after the lock), a second one is refused.
-    deadline = time.monotonic() + 180
-    while not mlflow_runs(cluster, "onb"):
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the first driver opened no MLflow run within 180 s"
-        time.sleep(0.5)
+    wait_for("MLflow run", lambda: mlflow_runs(cluster, "onb"), first)
     second = driver(cluster, tmp_path / "config", config, "--set", "tracking.run_name=onb")
+    wait_for("checkpoint registered by Ray Train", registered_checkpoint, first)
+    # Mid-run on two hosts: torch's rendezvous store and gloo's sockets listen on the hosts' own addresses, neither
+    # on every interface nor on loopback (which the other host could not reach).
+    found = torch_listeners([*cluster.head.processes(), *cluster.host.pids()], [cluster.head.ports, PORTS])
+    assert found and not any(a.is_unspecified or loopback(a) for a, _ in found), sorted(found, key=str)
+    assert any(str(a) == cluster.host.node_ip for a, _ in found), found  # a worker trains on host B
+    replace_node(cluster.host, cluster.head)
     _, err2 = second.communicate(timeout=120)
     assert first.poll() is None, "the first driver ended before the second was refused: the check proves nothing"
     errors = [line for line in err2.splitlines() if line.startswith("error:")]
@@ -154,15 +175,23 @@ def test_a_run_on_host_b_keeps_everything_in_the_bucket_and_a_second_driver_is_r
     assert [p.name for p in (tmp_path / "submit").iterdir()] == ["summary.json"]
     summary = json.loads((tmp_path / "submit" / "summary.json").read_text())
     assert summary["checkpoint"].startswith(f"s3://{BUCKET}/ray/onb/checkpoint_"), summary["checkpoint"]
-    fs = filesystem("s3://")
-    stored = fs.ls(f"{BUCKET}/ray/onb", detail=False)
-    assert any("/checkpoint_" in p for p in stored), stored
-    assert fs.exists(summary["checkpoint"] + "/checkpoint.pt")
+    with fs.open(summary["checkpoint"] + "/checkpoint.pt") as stored:
+        final = torch.load(stored, weights_only=True)["model"]
+    expected = final_model(reference)
+    for key, tensor in final.items():
+        assert torch.equal(tensor, expected[key]), key
+    # Where the worker groups started: 0, then the registered checkpoint's step (resumed, not restarted); the
+    # console log of both attempts, continued across hosts.
     console = fs.cat(f"s3://{BUCKET}/ray/onb/console.log").decode()
-    assert "[step 24/24" in console, console[-2000:]
-    # One MLflow run on the team's server, FINISHED, its weights, config and console log downloadable from it.
+    starts = [int(step) for step in re.findall(r"start_step=(\d+)", console)]
+    assert len(starts) == 2 and starts[0] == 0 and 0 < starts[1] < STEPS, starts
+    assert f"[step {STEPS}/{STEPS}" in console, console[-2000:]
+    # One MLflow run on the team's server, FINISHED, every step once, its weights, config and console log there.
     (run,) = mlflow_runs(cluster, "onb")
     assert run.info.status == "FINISHED" and run.info.run_id == summary["mlflow_run_id"]
+    client = MlflowClient(cluster.mlflow.url)
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}) == \
+        list(range(1, STEPS + 1))
     assert run.data.tags[CHECKPOINT_TAG].endswith("/checkpoint.pt"), run.data.tags[CHECKPOINT_TAG]
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied: the server writes the bucket
     # mupvit.evaluate on the driver's side, with the login, loads the weights from the server (checked below, once
@@ -171,17 +200,15 @@ def test_a_run_on_host_b_keeps_everything_in_the_bucket_and_a_second_driver_is_r
     evaluate = subprocess.Popen([sys.executable, "-m", "mupvit.evaluate", str(config), "--checkpoint", weights],
                                 cwd=tmp_path / "config", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, **cluster.moto.env(), **cluster.mlflow.env})
-    client = MlflowClient(cluster.mlflow.url)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"console.log", WEIGHTS_FOLDER, "config.yaml"} <= names, names
     logged = Path(client.download_artifacts(run.info.run_id, "console.log", str(tmp_path)))
-    assert "[step 24/24" in logged.read_text()
+    assert f"[step {STEPS}/{STEPS}" in logged.read_text()
     out, err = evaluate.communicate(timeout=300)
     assert evaluate.returncode == 0, err[-3000:]
     result = json.loads(out.strip().splitlines()[-1])
     assert result["layout"] == "timm"
-    final = run.data.metrics
-    assert result["val"]["acc1"] == pytest.approx(final["final/val/acc1"], abs=1e-6), (result, final)
+    assert result["val"]["acc1"] == pytest.approx(run.data.metrics["final/val/acc1"], abs=1e-6)
 
 
 def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, digits_root, tmp_path):

@@ -12,6 +12,7 @@ applies), anything else (connection refused, timeouts, 5xx) is retried, then rai
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -49,6 +50,9 @@ def filesystem(url: str) -> Any:
 
     key = (os.getpid(), protocol(url))
     if key not in _FILESYSTEMS:
+        # botocore says at INFO where it found credentials and the endpoint, once per loader process: on a Ray
+        # worker (whose root logger is at INFO) that is two lines per worker on the driver's console.
+        logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger("botocore").level))
         fs = fsspec.filesystem(key[1], skip_instance_cache=True, **OPTIONS.get(key[1], {}))
         if hasattr(fs, "retries"):
             fs.retries = 1  # s3fs's own retry loop; ours bounds the read
