@@ -94,8 +94,9 @@ def ray_env(ray_head: Head) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
-    its summary). Compared with one worker there, and with a run that loses a host mid-run in tests/test_second_host.py (2
-    ranks sum their gradients in either order alike, so the cluster's layout changes no bit)."""
+    its summary). Compared with one worker there, and with a run that loses a host mid-run in
+    tests/test_second_host.py (2 ranks sum their gradients in either order alike, so the cluster's layout changes no
+    bit)."""
     from .test_orchestration import orchestrate, summary_of, write_config
 
     folder = tmp_path_factory.mktemp("two_workers")
