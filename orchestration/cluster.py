@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import time
@@ -71,12 +72,23 @@ def loopback_only_gcs(address: str) -> bool:
     return False
 
 
-def login_runtime_env() -> dict[str, dict[str, str]] | None:
-    """The MLflow server's login of this driver for every process of its job: a joined cluster's workers were
-    started without it (a local Ray's inherit it). A submitted job has it from its own runtime env (train_job_env):
-    repeating a key there would be a conflict that ray.init refuses."""
-    login = {k: os.environ[k] for k in MLFLOW_LOGIN if k in os.environ}
-    return {"env_vars": login} if login and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ else None
+def run_env() -> dict[str, str]:
+    """The variables every Ray process of a run needs that a joined cluster's nodes were started without: the
+    bucket's (every AWS_*: endpoint, credentials, region) and the MLflow server's login. The one list, for ray.init
+    (job_runtime_env) and for a submitted job's own runtime env (orchestration.train_job)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in MLFLOW_LOGIN}
+
+
+def job_runtime_env() -> dict[str, dict[str, str]] | None:
+    """run_env() for the whole job, given at ray.init: a job's runtime env reaches every task and actor it starts
+    and theirs (the data probe, Tune's trials, Ray Train's controller and workers, a trial's own TorchTrainer; Ray
+    merges env_vars with a child's own), so this one place covers them all, whichever node they land on. A submitted
+    job brings its own (train_job_env): only what it lacks is added, since ray.init refuses a key given twice."""
+    env = run_env()
+    if job := os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        given = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in given}
+    return {"env_vars": env} if env else None
 
 
 def connect(c: ClusterConfig) -> str:
@@ -90,7 +102,7 @@ def connect(c: ClusterConfig) -> str:
         if loopback_only_gcs(address):  # a head of local_head: join it on its terms
             loopback_driver()
         try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=login_runtime_env())
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=job_runtime_env())
         except (ConnectionError, RuntimeError) as err:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                                "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err

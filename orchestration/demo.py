@@ -13,20 +13,24 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mupvit.config import ConfigError, add_set_argument
 from orchestration.launch_config import load_launch
 from orchestration.local_head import dashboard_url, head_running, start_head, stop_head
 from orchestration.loopback import BIN, cluster_env
-from orchestration.train_job import train_job_command, train_job_env
+from orchestration.train_job import train_job_command, write_job_env
 
 
-def submit_command(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path) -> list[str]:
-    env_vars = train_job_env(root, f"sqlite:///{root / 'mlflow.db'}")
+def submit_command(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path,
+                   env_file: Path) -> list[str]:
+    """`ray job submit` of the demo; its env_vars go in `env_file` (written here, outside the working dir), not on
+    the command line this prints, since they may hold the user's credentials."""
+    write_job_env(env_file, root, f"sqlite:///{root / 'mlflow.db'}")
     sets = [f"cluster.storage_path={root / 'ray_results'}", *overrides]
     return [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(dashboard_port), "--working-dir", str(root),
-            "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *train_job_command(config, sets, summary)]
+            "--runtime-env", str(env_file), "--", *train_job_command(config, sets, summary)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: starting a Ray head on 127.0.0.1 (dashboard {dashboard_url(args.dashboard_port)})", flush=True)
         start_head(dashboard_port=args.dashboard_port)
     try:
-        cmd = submit_command(root, args.dashboard_port, args.config, args.overrides, summary_path)
-        print("demo: " + " ".join(cmd), flush=True)
-        code = subprocess.run(cmd, env=cluster_env()).returncode
+        with tempfile.TemporaryDirectory(prefix="mupvit-demo-") as folder:
+            cmd = submit_command(root, args.dashboard_port, args.config, args.overrides, summary_path,
+                                 Path(folder) / "job_env.yaml")
+            print("demo: " + " ".join(cmd), flush=True)
+            code = subprocess.run(cmd, env=cluster_env()).returncode
     finally:
         if started:
             print("demo: stopping the Ray head it started", flush=True)

@@ -1,8 +1,8 @@
 """Where a run's checkpoints and console log go (cluster.storage_path: a folder, or a bucket URL), read the same way
 on every node: a bucket through an explicit pyarrow filesystem made from the standard AWS variables (so a custom
-endpoint, e.g. an S3-compatible server, works), those variables handed to every Ray process of the run (runtime env:
-a node started without them still works), a write check run on a worker node before any training, and the run's
-one-driver lock held in the Ray cluster itself, where every driver sees it."""
+endpoint, e.g. an S3-compatible server, works; the job's runtime env, orchestration.cluster.job_runtime_env, takes
+them to every Ray process of the run, so a node started without them works), a write check run on a worker node
+before any training, and the run's one-driver lock held in the Ray cluster itself, where every driver sees it."""
 
 from __future__ import annotations
 
@@ -15,23 +15,12 @@ import pyarrow.fs
 
 from mupvit.errors import ConfigError, OutputError
 from mupvit.outputs import describe_holder, holder_info
-from orchestration.cluster import MLFLOW_LOGIN
 
 LOCK_NAMESPACE = "mupvit-run-locks"
 
 
 def is_bucket(storage_path: str) -> bool:
     return "://" in storage_path
-
-
-def forwarded_env() -> dict[str, str]:
-    """The AWS_* variables and the MLflow login of this process, for the runtime env of the run's Ray processes."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in MLFLOW_LOGIN}
-
-
-def runtime_env() -> dict[str, Any]:
-    env = forwarded_env()
-    return {"env_vars": env} if env else {}
 
 
 def s3_filesystem() -> pyarrow.fs.S3FileSystem:

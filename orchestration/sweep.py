@@ -32,6 +32,7 @@ from mupvit.outputs import check_output_file
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.launch_config import load_launch
+from orchestration.run_storage import ray_storage
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
@@ -158,16 +159,21 @@ def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) 
     return sets, lr
 
 
-def restore_or_start(spec: SweepSpec, trainable: Any, path: str, storage: str, steps: int, parent_id: str,
+def restore_or_start(spec: SweepSpec, trainable: Any, storage: str, steps: int, parent_id: str,
                      before: str) -> tune.Tuner:
-    """The sweep's Tuner: restored from `path` when an earlier run of it left one there, else a new one.
+    """The sweep's Tuner: restored from <storage>/sweeps/<name> when an earlier run of it left one there, else a new
+    one. A bucket is opened as Ray Train opens a run's (run_storage.ray_storage: the AWS variables' endpoint and
+    credentials), here and, through Tune, on the trials' nodes.
 
     Restoring unpickles `path`/tuner.pkl: whoever can write the sweep storage runs code here (the README's
     "Security" section), so a restore that fails is an error naming the folder, never a silent fresh start."""
-    if tune.Tuner.can_restore(path):
+    root, filesystem = ray_storage(f"{storage.rstrip('/')}/sweeps")
+    path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
+    if tune.Tuner.can_restore(f"{root}/{spec.name}", storage_filesystem=filesystem):
         log(f"resuming sweep {spec.name} from {path} (MLflow parent run {parent_id}, was {before})")
         try:
-            return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+            return tune.Tuner.restore(f"{root}/{spec.name}", trainable, resume_unfinished=True,
+                                      restart_errored=True, storage_filesystem=filesystem)
         except Exception as err:
             raise ClusterError(f"cannot resume sweep {spec.name} from {path} ({type(err).__name__}: "
                                f"{str(err).splitlines()[0] if str(err) else 'no message'}); if you did not write "
@@ -182,7 +188,7 @@ def restore_or_start(spec: SweepSpec, trainable: Any, path: str, storage: str, s
                                     # A reused actor would keep an ASHA-stopped trial's TorchTrainer (and its
                                     # workers' CPUs) alive: only one-worker trials reuse theirs.
                                     reuse_actors=spec.trial_workers == 1),
-        run_config=tune.RunConfig(name=spec.name, storage_path=f"{storage.rstrip('/')}/sweeps",
+        run_config=tune.RunConfig(name=spec.name, storage_path=root, storage_filesystem=filesystem,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
 
@@ -209,11 +215,10 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         client.log_artifact(parent_id, spec.path)
         client.log_dict(parent_id, spec.space, "search_space.json")
         storage = base.cluster.storage_path
-        path = f"{storage.rstrip('/')}/sweeps/{spec.name}"
         trainable = tune.with_resources(
             tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
                                  base_dir=str(base_dir), storage=storage), trial_resources(spec))
-        tuner = restore_or_start(spec, trainable, path, storage, steps, parent_id, before)
+        tuner = restore_or_start(spec, trainable, storage, steps, parent_id, before)
         grid, stopped = fit_until_stopped(tuner)
     except KeyboardInterrupt:  # a signal before Tune could stop in order, or a second one: its trials die with us
         close_children(client, experiment_id, parent_id, {}, steps, stopped=True)

@@ -89,6 +89,9 @@ class SweepSpec:
     trial_gpus: float = 0.0
     trial_workers: int = 1
     path: str = ""
+    # The base experiment's settings (its base chain merged), read once by the driver: a trial may run on a node
+    # that cannot see the driver's files.
+    base_tree: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def override_list(self, extra: dict[str, Any] | None = None) -> list[str]:
         merged = {**self.overrides, **(extra or {})}
@@ -101,7 +104,6 @@ class SweepSpec:
         sampled model.width widens the base model by its widening rule (heads and mlp_dim follow), as µP's width
         transfer assumes. With `storage` and trial_workers > 1, the trial is a Ray Train run of its own: its
         workers share trial_cpus / trial_gpus, and its checkpoints go under `storage`."""
-        data, _ = read_experiment(Path(self.base))
         sets = self.override_list({k: v for k, v in sampled.items() if k != "model.width"})
         if storage is not None and self.trial_workers > 1:
             w, gpus = self.trial_workers, self.trial_gpus
@@ -109,7 +111,7 @@ class SweepSpec:
                      f"cluster.use_gpu={'true' if gpus else 'false'}",
                      *([f"cluster.gpus_per_worker={gpus / w}"] if gpus else []),
                      f"cluster.storage_path={storage.rstrip('/')}/sweeps/{self.name}/trials"]
-        tree = with_overrides(data, sets)
+        tree = with_overrides(self.base_tree, sets)
         if "model.width" in sampled:
             model = build(ModelConfig, tree.get("model") or {}, "model")
             tree["model"] = dataclasses.asdict(with_width(model, int(sampled["model.width"])))
@@ -161,8 +163,12 @@ def load_sweep(path: str | Path, sets: list[str] = ()) -> SweepSpec:
     base_path = Path(f.base).expanduser()
     if not base_path.is_file():
         raise _fail(p, f"base: experiment file {base_path} not found (paths are relative to the current directory)")
+    try:
+        base_tree, _ = read_experiment(base_path.resolve())
+    except ConfigError as err:
+        raise _fail(p, f"base/overrides: {base_path.resolve()}: {err}") from None
     spec = SweepSpec(
-        name=f.name, base=str(base_path.resolve()),  # trials run in their own directories
+        name=f.name, base=str(base_path.resolve()), base_tree=base_tree,  # trials run in their own directories
         overrides=f.overrides, space=f.space, algorithm=f.search.algorithm, seed=f.search.seed,
         scheduler=f.scheduler.type, grace_period=f.scheduler.grace_period,
         reduction_factor=f.scheduler.reduction_factor, metric=f.metric, mode=f.mode, num_samples=f.num_samples,

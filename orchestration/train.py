@@ -53,7 +53,6 @@ from orchestration.run_storage import (
     check_storage_writable,
     is_bucket,
     ray_storage,
-    runtime_env,
     stored_uri,
 )
 from orchestration.signals import interrupt_on_sigterm
@@ -112,7 +111,8 @@ def check_data_on_worker(launch: Launch) -> int:
     c = launch.cluster
     need = worker_resources(c)
     left = wait_for_free_resources(c, log, need, "on a worker node to probe the data")
-    probe = _probe_data.options(num_cpus=c.cpus_per_worker, runtime_env=runtime_env(),
+    # The bucket's variables reach the probe in the job's runtime env (cluster.job_runtime_env).
+    probe = _probe_data.options(num_cpus=c.cpus_per_worker,
                                 **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {}))
     probe = probe.remote(launch.run.to_dict(), c.storage_path)
     start_s = max(left, PROBE_START_S)
@@ -227,8 +227,8 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
                                      resources_per_worker={"CPU": c.cpus_per_worker,
                                                            **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
+        # The bucket's and MLflow's variables reach the controller and workers in the job's runtime env.
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=callbacks,
-                             worker_runtime_env=runtime_env(),  # the bucket's and MLflow's variables
                              # A worker group that cannot start (its node lost, no other) fails the controller:
                              # as many such tries as worker failures, then the run fails instead of retrying forever.
                              failure_config=FailureConfig(max_failures=c.max_failures,

@@ -19,14 +19,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from mupvit.data import storage as storage_module
 from mupvit.data.storage import filesystem
 from mupvit.data.upload import main as upload_main
 from orchestration.local_head import start_head, stop_head
+from orchestration.loopback import BIN
 from orchestration.ports import free_port_block
 from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
+from orchestration.train_job import main as train_job_main
+from orchestration.train_job import train_job_command
 
 from .helpers import MotoServer, listeners, loopback, worker_port_bases
 from .mlflow_server import Postgres, mlflow_server
@@ -36,6 +40,7 @@ from .test_security import TASK, http_status, torch_listeners, without_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not can_make_hosts(), reason="needs root, ip and unshare")]
 BUCKET = "runs"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Iter
     """The head (host A, 1 CPU), host B (1 CPU: a 2-worker run puts one worker on each), and on this machine's end
     of host B's veth an S3 server holding the digits dataset (mupvit.data.upload) and the team's `mlflow server`
     (tests/mlflow_server.py: PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and
-    the MLflow login of this process (the driver's side) are set while the module runs; host B never has them."""
+    the MLflow login of this process (the driver's side) are set while the module runs, after the head started;
+    neither node ever has them."""
     stack = ExitStack()
     try:
         pg, pool = Postgres(), ThreadPoolExecutor(2)
@@ -219,3 +225,64 @@ def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, 
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
     assert "cannot write to bucket 'nosuch'" in errors[0] and "no such bucket" in errors[0], errors[0]
     assert not mlflow_runs(cluster, "nobucket")
+
+
+def test_a_mup_sweep_on_the_cluster_keeps_its_trials_in_the_bucket(cluster, digits_root, tmp_path):
+    """Two 1-CPU µP trials at once, one on each node (neither started with the AWS variables or the MLflow login:
+    they reach the trials in the job's runtime env); Tune's state and the trials' checkpoints in the bucket."""
+    (tmp_path / "submit").mkdir()
+    base = bucket_config(tmp_path, digits_root, **{"cluster.num_workers": 1, "train.total_steps": 4,
+                                                   "train.eval_every": None, "evals": {},
+                                                   "train.ckpt_every": 4, "train.log_every": 2,
+                                                   "model.base_width": 32})
+    spec = {"name": "onbucket", "base": str(base), "space": {"optim.lr": {"log2_grid": [-8, -6]},
+                                                            "model.parametrization": {"choice": ["mup"]}},
+            "search": {"algorithm": "grid"}, "metric": "train/loss_avg", "mode": "min", "num_samples": 1,
+            "max_concurrent": 2, "trial_cpus": 1}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**cluster.head.env(), **cluster.moto.env(), **cluster.mlflow.env}
+    done = subprocess.run([sys.executable, "-m", "orchestration.sweep", str(tmp_path / "sweep.yaml"),
+                           "--summary-json", "summary.json"], cwd=tmp_path / "submit", env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert [p.name for p in (tmp_path / "submit").iterdir()] == ["summary.json"]
+    summary = json.loads((tmp_path / "submit" / "summary.json").read_text())
+    assert summary["trials"] == 2 and summary["errored"] == 0, (summary, done.stderr[-6000:])
+    # Each trial's checkpoint is in the bucket, and Tune's record of where it ran names both nodes.
+    fs = filesystem("s3://")
+    stored = fs.find(f"{BUCKET}/ray/sweeps/onbucket")
+    checkpoints = {p.split("/")[4] for p in stored if p.endswith("/checkpoint.pt")}
+    assert len(checkpoints) == 2, stored
+    nodes = {json.loads(line)["node_ip"] for p in stored if p.endswith("/result.json")
+             for line in fs.cat(p).decode().splitlines()}
+    assert cluster.host.node_ip in nodes and len(nodes) == 2, nodes
+    client = MlflowClient(cluster.mlflow.url)
+    found = client.search_runs([client.get_experiment_by_name("test").experiment_id],
+                               filter_string="tags.sweep = 'onbucket'")
+    (parent,) = [r for r in found if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.run_id == summary["parent_run_id"] and len(children) == 2
+    assert {r.info.status for r in [parent, *children]} == {"FINISHED"}
+
+
+def test_ray_job_submit_of_a_bucket_run(cluster, digits_root, tmp_path):
+    """`ray job submit` with the runtime env file of `python -m orchestration.train_job`: the job's driver runs on
+    the head, which has none of the variables either; the run finishes, its MLflow run FINISHED on the server."""
+    config = bucket_config(tmp_path, digits_root, **{"cluster.num_workers": 1, "train.total_steps": 4,
+                                                     "train.eval_every": 4,
+                                                     "train.ckpt_every": 4, "train.log_every": 2})
+    env_file = tmp_path / "job_env.yaml"
+    assert train_job_main([str(env_file)]) == 0  # the submitter: the fixture set the variables in this process
+    assert env_file.stat().st_mode & 0o777 == 0o600  # it holds the bucket's credentials and the MLflow login
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", cluster.head.dashboard_url, "--working-dir", str(REPO),
+         "--runtime-env", str(env_file), "--", *train_job_command(str(config), ["tracking.run_name=job"], summary)],
+        env=cluster.head.env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "[step 4/4 100.0%]" in done.stdout
+    result = json.loads(summary.read_text())
+    assert result["checkpoint"].startswith(f"s3://{BUCKET}/ray/job/checkpoint_"), result
+    (run,) = mlflow_runs(cluster, "job")
+    assert run.info.status == "FINISHED" and run.info.run_id == result["mlflow_run_id"]
+    assert run.data.tags["git_commit"] == yaml.safe_load(env_file.read_text())["env_vars"]["MUPVIT_GIT_COMMIT"]
