@@ -1,5 +1,6 @@
 """Sweeps: invalid files fail before any trial; a tiny Optuna + ASHA sweep on a real Ray head records a parent
-and one nested child run per trial; a sweep whose driver was killed resumes without duplicate runs."""
+and one nested child run per trial; a sweep stopped by Ctrl-C, SIGTERM and a killed driver resumes without
+duplicate runs."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from mupvit.config import ConfigError
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
-from .helpers import tiny_experiment
+from .helpers import freeze, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16
@@ -139,40 +140,14 @@ def test_tiny_optuna_asha_sweep(ray_env, digits_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, digits_root, tmp_path):
-    # Two trials at a time write to the one SQLite store (MLflow's "database is locked" trap) while the driver dies.
-    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
-                                                     "optim.lr": {"log2_grid": [-8, -7]}}, max_concurrent=2)
-    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while True:  # kill once one trial has finished and another has started
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-        assert time.monotonic() < deadline
-        try:
-            _, children = runs(tmp_path)
-        except Exception:  # the store is still being created by the driver
-            children = []
-        if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
-            break
-        time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    summary = sweep(tmp_path, path, ray_env)
-    (parent,), children = runs(tmp_path)
-    assert summary["trials"] == 4 and len(children) == 4 and summary["errored"] == 0  # no duplicate child runs
-    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
-
-
-@pytest.mark.slow
 def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env, digits_root, tmp_path):
     """Each trial is a 2-worker Ray Train run inside the Tune trial (Train V2 in Tune): the bad lr is stopped
     early, and the trial after it still gets the cluster's CPUs, so the stopped trial's workers were released."""
+    steps = 8  # ASHA's one rung at step 4 (grace_period), below the trials' end
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
                                                      "optim.lr": {"log2_grid": [-8, 1, -8]}},
                        scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
-                       trial_workers=2, trial_cpus=2)
+                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps})
     summary = sweep(tmp_path, path, ray_env)
     (parent,), children = runs(tmp_path)
     assert summary["trials"] == 3 and len(children) == 3 and summary["errored"] == 0
@@ -181,12 +156,12 @@ def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env,
     # max_concurrent: 1 holds even though a multi-worker trial's driver reserves no CPU: one trial at a time.
     last_logged = max(m.timestamp for m in client.get_metric_history(good.info.run_id, "train/loss"))
     assert last_logged <= bad.info.start_time < again.info.start_time
-    steps = [max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in (good, bad, again)]
+    ran = [max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in (good, bad, again)]
     assert all(c.data.tags["devices"] == "2" and c.data.params["cluster.num_workers"] == "2" for c in children)
     assert float(bad.data.params["optim.lr"]) == 2.0 and bad.data.tags.get("early_stopped") == "true"
     # The good lr's trials run to the end (ASHA lets a trial equal to the best through); the one after the
     # stopped trial could only start once the stopped trial's workers gave their CPUs back.
-    assert steps == [STEPS, steps[1], STEPS] and steps[1] < STEPS
+    assert ran == [steps, ran[1], steps] and ran[1] < steps
     assert again.info.status == "FINISHED"
 
 
@@ -209,29 +184,21 @@ def test_a_sweep_storage_that_does_not_restore_fails_naming_it_and_ends_the_pare
     assert (stored / "tuner.pkl").read_bytes() == b"not a pickle of Tune's"  # nothing of theirs removed
 
 
-def freeze_trials(head) -> None:
-    """SIGSTOP the head's Tune trial processes (`ray::ImplicitFunc...`): a trial signalled mid-run then cannot
-    finish before the driver's stop reaches it, however loaded the machine; Tune's cleanup kills them."""
-    for pid in head.processes():
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                os.kill(pid, signal.SIGSTOP)
-        except OSError:  # it ended meanwhile
-            continue
-
-
 def trial_number(run) -> int:
     return int(run.data.tags["trial_id"].rsplit("_", 1)[1])
 
 
 @pytest.mark.slow
-def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resumes_it(ray_head, ray_env, digits_root,
-                                                                                     tmp_path):
-    """Ctrl-C while the first trial trains, then SIGTERM (`kill`, `ray job stop`) once the resumed sweep has finished
-    that trial and started the second: each ends with exit 130 and one line, the parent run and the running trial
-    KILLED (not early-stopped), no best lr; the third run resumes the second trial and runs the first no more."""
-    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
-                                                     "optim.lr": {"log2_grid": [-8, -7]}})
+def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_without_duplicates(ray_head, ray_env,
+                                                                                             digits_root, tmp_path):
+    """One sweep of four trials, two at a time on the one SQLite store (MLflow's "database is locked" trap), run
+    by the same command four times: Ctrl-C while its first trials train, then SIGTERM (`kill`, `ray job stop`) once
+    the resumed sweep has finished a trial and runs another: each ends with exit 130 and one line, the parent run
+    and the running trials KILLED (not early-stopped), the finished ones FINISHED, no best lr. The third run's
+    driver is killed (SIGKILL) while two trials write; the fourth finishes without duplicate runs and runs no
+    finished trial again."""
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
+                                                     "optim.lr": {"log2_grid": [-8, -7]}}, max_concurrent=2)
     env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
 
@@ -241,10 +208,15 @@ def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resume
         except Exception:  # the store is still being created by the driver
             return []
 
-    stops = ((signal.SIGINT, lambda found: len(found) == 1 and found[0].info.status == "RUNNING"),
-             # The second trial started, so Tune has ended the first; the second trains for a second or two (the
-             # first's actor reused), and is frozen within a poll of its start.
-             (signal.SIGTERM, lambda found: len(found) == 2))
+    def status(found: list, wanted: str) -> set[int]:
+        return {trial_number(c) for c in found if c.info.status == wanted}
+
+    # When to stop each run: the first trials train (Ctrl-C); Tune has finished a trial and started the third,
+    # which trains for a second or two and is frozen within a poll of its start (SIGTERM); two trials write at
+    # once (SIGKILL: the driver dies with no cleanup). Frozen trials cannot finish before the stop reaches them.
+    stops = ((signal.SIGINT, lambda found: status(found, "RUNNING") and not status(found, "FINISHED")),
+             (signal.SIGTERM, lambda found: status(found, "FINISHED") and max(status(found, "RUNNING"), default=0) > 1),
+             (signal.SIGKILL, lambda found: len(status(found, "RUNNING")) >= 2))
     for sig, ready in stops:
         out, err = (open(tmp_path / f"driver_{sig.name}.{kind}", "w+") for kind in ("out", "err"))  # never a full pipe
         with out, err:
@@ -252,15 +224,18 @@ def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resume
                                       stdout=out, stderr=err, start_new_session=True)
             try:
                 deadline = time.monotonic() + 240
-                while not ready(children()):
+                while not ready(seen := children()):
                     assert driver.poll() is None, f"the sweep ended before {sig.name}"
                     assert time.monotonic() < deadline, f"no trial to stop within 240 s ({sig.name})"
                     time.sleep(0.05)
-                freeze_trials(ray_head)
-                if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
+                if sig == signal.SIGKILL:
                     os.killpg(driver.pid, sig)
                 else:
-                    driver.send_signal(sig)
+                    freeze(ray_head, "ray::ImplicitFunc")
+                    if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
+                        os.killpg(driver.pid, sig)
+                    else:
+                        driver.send_signal(sig)
                 driver.wait(timeout=120)
             finally:
                 if driver.poll() is None:
@@ -269,6 +244,8 @@ def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resume
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
+        if sig == signal.SIGKILL:
+            break
         assert driver.returncode == 130, stderr[-3000:]
         said = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
         assert len(said) == 1 and "sweep tiny is stopped and marked KILLED in MLflow" in said[0], stderr[-3000:]
@@ -278,14 +255,20 @@ def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resume
         assert "best lr" not in stdout and '"parent_run_id"' not in stdout  # no result, no summary
         (parent,), found = runs(tmp_path)
         assert parent.info.status == "KILLED", sig.name
-        statuses = {trial_number(c): c.info.status for c in found}  # Tune numbers trials in grid order
-        assert statuses == ({0: "KILLED"} if sig == signal.SIGINT else {0: "FINISHED", 1: "KILLED"}), sig.name
+        # Finished trials stay FINISHED, every other one is KILLED, the frozen ones among them. Tune numbers trials
+        # in grid order and runs two at a time: Ctrl-C stopped the first two, which had not finished.
+        killed = status(found, "KILLED")
+        assert status(seen, "FINISHED") <= status(found, "FINISHED") == {trial_number(c) for c in found} - killed
+        if sig == signal.SIGINT:
+            assert status(seen, "RUNNING") <= killed <= {0, 1} and killed == {trial_number(c) for c in found}
+        else:
+            assert max(status(seen, "RUNNING")) in killed and status(found, "FINISHED"), sig.name
         assert not any(c.data.tags.get("early_stopped") for c in found)
-    first = next(c for c in found if trial_number(c) == 0)
-    first_logged = len(client.get_metric_history(first.info.run_id, "train/loss"))
+    done_before = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "train/loss"))
+                   for c in found if c.info.status == "FINISHED"}  # as the SIGTERM left them
     summary = sweep(tmp_path, path, ray_env)  # the same command once more: resumes and finishes
     (parent,), found = runs(tmp_path)
-    assert parent.info.status == "FINISHED" and summary["trials"] == 2 and summary["errored"] == 0
-    assert len(found) == 2 and all(c.info.status == "FINISHED" for c in found)
-    assert len(client.get_metric_history(first.info.run_id, "train/loss")) == first_logged  # not run again
-    assert [row["trials"] for row in summary["best"]] == [2]  # the best lr, from both trials
+    assert parent.info.status == "FINISHED" and summary["trials"] == 4 and summary["errored"] == 0
+    assert len(found) == 4 and all(c.info.status == "FINISHED" for c in found)  # no duplicate child runs
+    assert {run_id: len(client.get_metric_history(run_id, "train/loss")) for run_id in done_before} == done_before
+    assert [row["trials"] for row in summary["best"]] == [2, 2]  # the best lr per width, from both of its trials
