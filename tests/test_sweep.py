@@ -1,6 +1,5 @@
 """Sweeps: invalid files fail before any trial; a tiny Optuna + ASHA sweep on a real Ray head records a parent
-and one nested child run per trial; a sweep stopped by Ctrl-C, SIGTERM and a killed driver resumes without
-duplicate runs."""
+and one nested child run per trial; a sweep whose driver was killed resumes without duplicate runs."""
 
 from __future__ import annotations
 
@@ -140,6 +139,33 @@ def test_tiny_optuna_asha_sweep(ray_env, digits_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, digits_root, tmp_path):
+    # Two trials at a time write to the one SQLite store (MLflow's "database is locked" trap) while the driver dies.
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
+                                                     "optim.lr": {"log2_grid": [-8, -7]}}, max_concurrent=2)
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while True:  # kill once one trial has finished and another has started
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        assert time.monotonic() < deadline
+        try:
+            _, children = runs(tmp_path)
+        except Exception:  # the store is still being created by the driver
+            children = []
+        if sum(c.info.status == "FINISHED" for c in children) >= 1 and len(children) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    summary = sweep(tmp_path, path, ray_env)
+    (parent,), children = runs(tmp_path)
+    assert summary["trials"] == 4 and len(children) == 4 and summary["errored"] == 0  # no duplicate child runs
+    assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.mark.slow
 def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env, digits_root, tmp_path):
     """Each trial is a 2-worker Ray Train run inside the Tune trial (Train V2 in Tune): the bad lr is stopped
     early, and the trial after it still gets the cluster's CPUs, so the stopped trial's workers were released."""
@@ -189,16 +215,13 @@ def trial_number(run) -> int:
 
 
 @pytest.mark.slow
-def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_without_duplicates(ray_head, ray_env,
-                                                                                             digits_root, tmp_path):
-    """One sweep of four trials, two at a time on the one SQLite store (MLflow's "database is locked" trap), run
-    by the same command four times: Ctrl-C while its first trials train, then SIGTERM (`kill`, `ray job stop`) once
-    the resumed sweep has finished a trial and runs another: each ends with exit 130 and one line, the parent run
-    and the running trials KILLED (not early-stopped), the finished ones FINISHED, no best lr. The third run's
-    driver is killed (SIGKILL) while two trials write; the fourth finishes without duplicate runs and runs no
-    finished trial again."""
-    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32, 64]},
-                                                     "optim.lr": {"log2_grid": [-8, -7]}}, max_concurrent=2)
+def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resumes_it(ray_head, ray_env, digits_root,
+                                                                                     tmp_path):
+    """Ctrl-C while the first trial trains, then SIGTERM (`kill`, `ray job stop`) once the resumed sweep has finished
+    that trial and started the second: each ends with exit 130 and one line, the parent run and the running trial
+    KILLED (not early-stopped), no best lr; the third run resumes the second trial and runs the first no more."""
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
+                                                     "optim.lr": {"log2_grid": [-8, -7]}})
     env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
 
@@ -208,15 +231,10 @@ def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_withou
         except Exception:  # the store is still being created by the driver
             return []
 
-    def status(found: list, wanted: str) -> set[int]:
-        return {trial_number(c) for c in found if c.info.status == wanted}
-
-    # When to stop each run: the first trials train (Ctrl-C); Tune has finished a trial and started the third,
-    # which trains for a second or two and is frozen within a poll of its start (SIGTERM); two trials write at
-    # once (SIGKILL: the driver dies with no cleanup). Frozen trials cannot finish before the stop reaches them.
-    stops = ((signal.SIGINT, lambda found: status(found, "RUNNING") and not status(found, "FINISHED")),
-             (signal.SIGTERM, lambda found: status(found, "FINISHED") and max(status(found, "RUNNING"), default=0) > 1),
-             (signal.SIGKILL, lambda found: len(status(found, "RUNNING")) >= 2))
+    stops = ((signal.SIGINT, lambda found: len(found) == 1 and found[0].info.status == "RUNNING"),
+             # The second trial started, so Tune has ended the first; the second trains for a second or two (the
+             # first's actor reused), and is frozen within a poll of its start.
+             (signal.SIGTERM, lambda found: len(found) == 2))
     for sig, ready in stops:
         out, err = (open(tmp_path / f"driver_{sig.name}.{kind}", "w+") for kind in ("out", "err"))  # never a full pipe
         with out, err:
@@ -224,18 +242,15 @@ def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_withou
                                       stdout=out, stderr=err, start_new_session=True)
             try:
                 deadline = time.monotonic() + 240
-                while not ready(seen := children()):
+                while not ready(children()):
                     assert driver.poll() is None, f"the sweep ended before {sig.name}"
                     assert time.monotonic() < deadline, f"no trial to stop within 240 s ({sig.name})"
                     time.sleep(0.05)
-                if sig == signal.SIGKILL:
+                freeze(ray_head, "ray::ImplicitFunc")
+                if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
                     os.killpg(driver.pid, sig)
                 else:
-                    freeze(ray_head, "ray::ImplicitFunc")
-                    if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
-                        os.killpg(driver.pid, sig)
-                    else:
-                        driver.send_signal(sig)
+                    driver.send_signal(sig)
                 driver.wait(timeout=120)
             finally:
                 if driver.poll() is None:
@@ -244,8 +259,6 @@ def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_withou
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
-        if sig == signal.SIGKILL:
-            break
         assert driver.returncode == 130, stderr[-3000:]
         said = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
         assert len(said) == 1 and "sweep tiny is stopped and marked KILLED in MLflow" in said[0], stderr[-3000:]
@@ -255,20 +268,14 @@ def test_a_stopped_sweep_resumes_after_ctrl_c_sigterm_and_a_killed_driver_withou
         assert "best lr" not in stdout and '"parent_run_id"' not in stdout  # no result, no summary
         (parent,), found = runs(tmp_path)
         assert parent.info.status == "KILLED", sig.name
-        # Finished trials stay FINISHED, every other one is KILLED, the frozen ones among them. Tune numbers trials
-        # in grid order and runs two at a time: Ctrl-C stopped the first two, which had not finished.
-        killed = status(found, "KILLED")
-        assert status(seen, "FINISHED") <= status(found, "FINISHED") == {trial_number(c) for c in found} - killed
-        if sig == signal.SIGINT:
-            assert status(seen, "RUNNING") <= killed <= {0, 1} and killed == {trial_number(c) for c in found}
-        else:
-            assert max(status(seen, "RUNNING")) in killed and status(found, "FINISHED"), sig.name
+        statuses = {trial_number(c): c.info.status for c in found}  # Tune numbers trials in grid order
+        assert statuses == ({0: "KILLED"} if sig == signal.SIGINT else {0: "FINISHED", 1: "KILLED"}), sig.name
         assert not any(c.data.tags.get("early_stopped") for c in found)
-    done_before = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "train/loss"))
-                   for c in found if c.info.status == "FINISHED"}  # as the SIGTERM left them
+    first = next(c for c in found if trial_number(c) == 0)
+    first_logged = len(client.get_metric_history(first.info.run_id, "train/loss"))
     summary = sweep(tmp_path, path, ray_env)  # the same command once more: resumes and finishes
     (parent,), found = runs(tmp_path)
-    assert parent.info.status == "FINISHED" and summary["trials"] == 4 and summary["errored"] == 0
-    assert len(found) == 4 and all(c.info.status == "FINISHED" for c in found)  # no duplicate child runs
-    assert {run_id: len(client.get_metric_history(run_id, "train/loss")) for run_id in done_before} == done_before
-    assert [row["trials"] for row in summary["best"]] == [2, 2]  # the best lr per width, from both of its trials
+    assert parent.info.status == "FINISHED" and summary["trials"] == 2 and summary["errored"] == 0
+    assert len(found) == 2 and all(c.info.status == "FINISHED" for c in found)
+    assert len(client.get_metric_history(first.info.run_id, "train/loss")) == first_logged  # not run again
+    assert [row["trials"] for row in summary["best"]] == [2]  # the best lr, from both trials
