@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import signal
 import zipfile
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -18,6 +19,7 @@ from mupvit.logger import RunLogger
 
 if TYPE_CHECKING:
     from orchestration.launch_config import Launch
+    from orchestration.local_head import Head
 
 
 class QuietLogger(RunLogger):
@@ -139,6 +141,18 @@ def listening_sockets(pid: int) -> dict[str, tuple[IPv4Address | IPv6Address, in
                 raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
                 listening[fields[9]] = (ip_address(raw), int(port, 16))
     return listening
+
+
+def freeze(head: Head, name: str) -> None:
+    """SIGSTOP the head's processes named `name` (`ray::ImplicitFunc` for Tune trials, `ray::RayTrainWorker` for
+    Ray Train's workers): work signalled mid-run then cannot finish before the driver's stop reaches it, however
+    loaded the machine; the stop kills them (Ray's kill is a SIGKILL once a frozen process does not answer)."""
+    for pid in head.processes():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(name.encode()):
+                os.kill(pid, signal.SIGSTOP)
+        except OSError:  # it ended meanwhile
+            continue
 
 
 def cmdline(pid: int) -> str:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from orchestration.loopback import BIN, cluster_env
 from orchestration.tracking import RESOLVED_ARTIFACT, read_resolved
 
-from .helpers import tiny_experiment
+from .helpers import freeze, tiny_experiment
 from .test_security import assert_run_on_loopback
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,13 +159,56 @@ def test_two_workers_match_one_worker(two_worker_run, reference):
     assert run.data.tags["num_workers"] == "2" and run.data.params["train.devices"] == "2"
 
 
-def test_worker_failure_restarts_from_checkpoint_and_loses_nothing(ray_env, digits_root, tmp_path, reference):
+def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(ray_head, ray_env, digits_root,
+                                                                                tmp_path, reference):
+    """The same command five times on one run. SIGTERM (`kill`, `ray job stop`), then Ctrl-C on the resumed run,
+    each once it trains with a checkpoint of its own: exit 130 and one line, the MLflow run KILLED, its workers
+    freed. Then its driver is killed (SIGKILL). The fourth run resumes, a worker fails (cluster.fail_at_step) and
+    restarts from the checkpoint: one MLflow run, every step logged with the same values however often, and the
+    model of an uninterrupted run, bit for bit. The fifth finds the run finished and reruns nothing."""
     _, ref = reference
-    done = orchestrate(tmp_path, write_config(tmp_path, digits_root), ray_env,
-                       "cluster.fail_at_step=6", "tracking.run_name=flaky")
+    config = write_config(tmp_path, digits_root)
+    sets = ["tracking.run_name=stopped", "cluster.fail_at_step=18"]  # fails once: in the fourth run, past step 16
+    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    storage = tmp_path / "ray_results" / "stopped"
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        before = set(storage.glob("checkpoint_*"))
+        with open(tmp_path / f"driver_{sig.name}.err", "w+") as err:
+            driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config),
+                                       *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 240
+                while not set(storage.glob("checkpoint_*")) - before:  # training, with a checkpoint of this driver's
+                    assert driver.poll() is None, f"the driver ended before {sig.name}"
+                    assert time.monotonic() < deadline, "no checkpoint within 240 s"
+                    time.sleep(0.05)
+                freeze(ray_head, "ray::RayTrainWorker")  # the run cannot reach step 18, nor its end, before the stop
+                if sig == signal.SIGTERM:  # mid-training: every process of the run listens on loopback only
+                    assert_run_on_loopback(ray_head, driver.pid)
+                if sig == signal.SIGKILL:  # the driver dies with no cleanup
+                    os.killpg(driver.pid, sig)
+                else:
+                    driver.send_signal(sig)
+                driver.wait(timeout=120)
+            finally:
+                if driver.poll() is None:
+                    os.killpg(driver.pid, signal.SIGKILL)
+                    driver.wait()
+            err.seek(0)
+            stderr = err.read()
+        if sig == signal.SIGKILL:
+            break
+        assert driver.returncode == 130, stderr[-3000:]
+        assert "marked KILLED in MLflow; run the same command to resume" in stderr, stderr[-3000:]
+        assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-3000:]
+        (run,) = runs_in(tmp_path)  # the resumed driver found the same MLflow run
+        assert run.info.status == "KILLED", sig.name
+        ray_head.wait_idle(timeout_s=60)  # its workers went with it: the head's CPUs are free
+    done = orchestrate(tmp_path, config, ray_env, *sets)
     summary = summary_of(done)
-    assert "injected failure at step 6" in done.stderr
-    (run,) = runs_in(tmp_path)  # one MLflow run across the restart
+    assert "injected failure at step 18" in done.stderr
+    (run,) = runs_in(tmp_path)  # one MLflow run across the stops, the killed driver and the restart
     assert run.info.status == "FINISHED"
     history = loss_history(tmp_path, run.info.run_id)
     assert sorted(history) == list(range(1, STEPS + 1))
@@ -173,34 +216,8 @@ def test_worker_failure_restarts_from_checkpoint_and_loses_nothing(ray_env, digi
     a, b = final_model(summary), final_model(ref)
     for key, tensor in a.items():
         assert torch.equal(tensor, b[key]), key
-
-
-def test_driver_killed_then_resubmitted_resumes(ray_env, digits_root, tmp_path, reference):
-    _, ref = reference
-    config = write_config(tmp_path, digits_root)
-    sets = ["--set", "tracking.run_name=killed", "--set", "cluster.fail_at_step=13"]  # fails once: a slow window
-    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config), *sets], cwd=tmp_path,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    storage = tmp_path / "ray_results" / "killed"
-    deadline = time.monotonic() + 240
-    while not (storage / "injected_failure.done").exists():  # past step 12's checkpoint, restarting workers
-        assert driver.poll() is None, "the driver ended before it could be killed"
-        assert time.monotonic() < deadline, "no progress within 240 s"
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert list(storage.glob("checkpoint_*"))
-    summary = summary_of(orchestrate(tmp_path, config, ray_env, "tracking.run_name=killed",
-                                     "cluster.fail_at_step=13"))
-    (run,) = runs_in(tmp_path)
-    assert run.info.status == "FINISHED"
-    assert sorted(loss_history(tmp_path, run.info.run_id)) == list(range(1, STEPS + 1))
-    a, b = final_model(summary), final_model(ref)
-    for key, tensor in a.items():
-        assert torch.equal(tensor, b[key]), key
     # The same command once more: already finished, nothing reruns.
-    again = orchestrate(tmp_path, config, ray_env, "tracking.run_name=killed", "cluster.fail_at_step=13")
+    again = orchestrate(tmp_path, config, ray_env, *sets)
     assert summary_of(again)["already_finished"] and len(runs_in(tmp_path)) == 1
 
 
@@ -222,34 +239,3 @@ def test_bad_input_fails_fast_without_an_mlflow_run(ray_env, digits_root, tmp_pa
     assert time.monotonic() - t0 < 60
     assert runs_in(tmp_path) == [] if (tmp_path / "mlflow.db").exists() else True
     assert not (tmp_path / "ray_results").exists()
-
-
-# ---------------------------------------------------------------- stopped by the user
-
-
-def test_sigterm_and_ctrl_c_stop_the_run_as_killed_and_free_its_workers(ray_head, ray_env, digits_root, tmp_path):
-    config = write_config(tmp_path, digits_root, **{"train.total_steps": 100_000})  # runs until stopped
-    env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    storage = tmp_path / "ray_results" / "stopped"
-    for sig in (signal.SIGTERM, signal.SIGINT):  # `kill` / `ray job stop`, then Ctrl-C on the resumed run
-        before = set(storage.glob("checkpoint_*"))
-        with open(tmp_path / f"driver_{sig.name}.err", "w+") as err:
-            driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config), "--set",
-                                       "tracking.run_name=stopped"], cwd=tmp_path, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-            deadline = time.monotonic() + 240
-            while not set(storage.glob("checkpoint_*")) - before:  # training, with a checkpoint of this driver's
-                assert driver.poll() is None, f"the driver ended before {sig.name}"
-                assert time.monotonic() < deadline, "no checkpoint within 240 s"
-                time.sleep(0.2)
-            if sig == signal.SIGTERM:  # mid-training: every process of the run listens on loopback only
-                assert_run_on_loopback(ray_head, driver.pid)
-            driver.send_signal(sig)
-            assert driver.wait(timeout=120) == 130
-            err.seek(0)
-            stderr = err.read()
-        assert "marked KILLED in MLflow; run the same command to resume" in stderr, stderr[-3000:]
-        assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr[-3000:]
-        (run,) = runs_in(tmp_path)  # the resumed driver found the same MLflow run
-        assert run.info.status == "KILLED", sig.name
-        ray_head.wait_idle(timeout_s=60)  # its workers went with it: the head's CPUs are free

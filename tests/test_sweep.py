@@ -19,7 +19,7 @@ from mupvit.config import ConfigError
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
-from .helpers import tiny_experiment
+from .helpers import freeze, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16
@@ -169,10 +169,11 @@ def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, dig
 def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env, digits_root, tmp_path):
     """Each trial is a 2-worker Ray Train run inside the Tune trial (Train V2 in Tune): the bad lr is stopped
     early, and the trial after it still gets the cluster's CPUs, so the stopped trial's workers were released."""
+    steps = 8  # ASHA's one rung at step 4 (grace_period), below the trials' end
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
                                                      "optim.lr": {"log2_grid": [-8, 1, -8]}},
                        scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
-                       trial_workers=2, trial_cpus=2)
+                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps})
     summary = sweep(tmp_path, path, ray_env)
     (parent,), children = runs(tmp_path)
     assert summary["trials"] == 3 and len(children) == 3 and summary["errored"] == 0
@@ -181,12 +182,12 @@ def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env,
     # max_concurrent: 1 holds even though a multi-worker trial's driver reserves no CPU: one trial at a time.
     last_logged = max(m.timestamp for m in client.get_metric_history(good.info.run_id, "train/loss"))
     assert last_logged <= bad.info.start_time < again.info.start_time
-    steps = [max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in (good, bad, again)]
+    ran = [max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in (good, bad, again)]
     assert all(c.data.tags["devices"] == "2" and c.data.params["cluster.num_workers"] == "2" for c in children)
     assert float(bad.data.params["optim.lr"]) == 2.0 and bad.data.tags.get("early_stopped") == "true"
     # The good lr's trials run to the end (ASHA lets a trial equal to the best through); the one after the
     # stopped trial could only start once the stopped trial's workers gave their CPUs back.
-    assert steps == [STEPS, steps[1], STEPS] and steps[1] < STEPS
+    assert ran == [steps, ran[1], steps] and ran[1] < steps
     assert again.info.status == "FINISHED"
 
 
@@ -207,17 +208,6 @@ def test_a_sweep_storage_that_does_not_restore_fails_naming_it_and_ends_the_pare
     (parent,), children = runs(tmp_path)
     assert parent.info.status == "FAILED" and children == []
     assert (stored / "tuner.pkl").read_bytes() == b"not a pickle of Tune's"  # nothing of theirs removed
-
-
-def freeze_trials(head) -> None:
-    """SIGSTOP the head's Tune trial processes (`ray::ImplicitFunc...`): a trial signalled mid-run then cannot
-    finish before the driver's stop reaches it, however loaded the machine; Tune's cleanup kills them."""
-    for pid in head.processes():
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                os.kill(pid, signal.SIGSTOP)
-        except OSError:  # it ended meanwhile
-            continue
 
 
 def trial_number(run) -> int:
@@ -256,7 +246,7 @@ def test_ctrl_c_and_sigterm_stop_the_sweep_as_killed_and_the_same_command_resume
                     assert driver.poll() is None, f"the sweep ended before {sig.name}"
                     assert time.monotonic() < deadline, f"no trial to stop within 240 s ({sig.name})"
                     time.sleep(0.05)
-                freeze_trials(ray_head)
+                freeze(ray_head, "ray::ImplicitFunc")
                 if sig == signal.SIGINT:  # Ctrl-C reaches the terminal's whole process group
                     os.killpg(driver.pid, sig)
                 else:
