@@ -3,9 +3,11 @@
     python -m orchestration.sweep experiments/sweeps/demo_mup_transfer.yaml
     python -m orchestration.sweep SWEEP.yaml --transfer-to experiments/vit_s16_i1k_90ep.yaml [--launch]
 
-Everything is checked before the first trial (sweep file, every trial's config, tracking store, cluster room for
-max_concurrent trials); then one MLflow parent run for the sweep and one child run per trial. Running the same
-command after the driver died restores the Tune experiment (finished trials are kept, the searcher's state too).
+Everything is checked before the first trial (sweep file, every trial's config, a local storage path writable,
+tracking store, one driver per sweep, cluster room for max_concurrent trials); then one MLflow parent run for the
+sweep and one child run per trial. Trials that fail are left out of the result; when all fail, the sweep fails
+with the first one's error (exit 2 for a bad input, else 1). Running the same command after the driver died
+restores the Tune experiment (finished trials are kept, the searcher's state too).
 Ctrl-C or SIGTERM stops the sweep (orchestration/sweep_stop.py): the parent run and the trials it was running end
 KILLED, no best lr is reported, exit 130; the same command resumes it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,8 @@ def sweep_locked(spec: SweepSpec, base: Any, uri: str, base_dir: Path) -> dict[s
             tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
                                  base_dir=str(base_dir), storage=storage), trial_resources(spec))
         tuner = restore_or_start(spec, trainable, storage, steps, parent_id, before)
+        # A failed trial is one line of ours (below), its traceback in its error.txt; not Tune's traceback each.
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         grid, stopped = fit_until_stopped(tuner)
         failures = [] if stopped else trial_failures(grid, storage)
         failed = {trial: describe_failure(err) for trial, err, _ in failures}
@@ -276,7 +281,8 @@ def sweep_locked(spec: SweepSpec, base: Any, uri: str, base_dir: Path) -> dict[s
         client.set_terminated(parent_id, "KILLED")
         raise KeyboardInterrupt(stopped_line) from None
     except BaseException as err:
-        client.set_tag(parent_id, FAILURE_TAG, str(err) if isinstance(err, SweepFailed) else describe_failure(err))
+        said = str(err) if isinstance(err, (SweepFailed, *INPUT_ERRORS)) else describe_failure(err)  # as printed
+        client.set_tag(parent_id, FAILURE_TAG, said)
         client.set_terminated(parent_id, "FAILED")
         raise
     if stopped:  # Tune ended fit() in order: its state is saved, the trials it was running are resumed next time

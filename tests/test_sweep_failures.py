@@ -50,9 +50,11 @@ def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_every_trial_fails_exits_with_one_line_and_its_runs_failed(ray_env, digits_root, tmp_path):
     roots = [not_digits(tmp_path, "a"), not_digits(tmp_path, "b")]
-    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]}, "data.root": {"grid": roots}})
+    path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]}, "data.root": {"grid": roots}},
+                       max_concurrent=2)
     code, stdout, stderr = finish(tmp_path, start(tmp_path, path, ray_env, "driver"), "driver")
     assert code == 2, stderr[-3000:]  # a bad input: README's exit code 2
     said = errors(stderr)
@@ -61,7 +63,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_one_line_and_its_runs_failed
     assert f"{roots[0]} {NOT_DIGITS}" in said[0]  # the first trial's, in grid order
     traceback = Path(said[0].split("(its traceback: ")[1].rstrip(")"))
     assert traceback.name == "error.txt" and "DataError" in traceback.read_text()
-    assert "KeyError" not in stderr and '"parent_run_id"' not in stdout  # no crash, no summary
+    assert "Traceback" not in stderr and '"parent_run_id"' not in stdout  # no crash, nor Tune's, no summary
     (parent,), children = runs(tmp_path)
     assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"] == said[0].removeprefix("error: ")
     assert len(children) == 2 and all(c.info.status == "FAILED" for c in children)
@@ -76,7 +78,8 @@ def test_some_trials_failing_leave_the_best_of_the_others_and_a_second_driver_is
     failed. While it runs, a second driver of the same sweep exits 2 at once naming the first."""
     bad = not_digits(tmp_path, "bad")
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
-                                                     "data.root": {"grid": [str(digits_root), bad]}})
+                                                     "data.root": {"grid": [str(digits_root), bad]}},
+                       max_concurrent=2, overrides={"train.total_steps": STEPS // 2})
     first = start(tmp_path, path, ray_env, "first")
     try:
         holder = tmp_path / "ray_results" / "sweeps" / "tiny" / ".mupvit.lock.holder"
@@ -94,7 +97,7 @@ def test_some_trials_failing_leave_the_best_of_the_others_and_a_second_driver_is
     finally:
         code, stdout, stderr = finish(tmp_path, first, "first")
     assert code == 0, stderr[-3000:]
-    assert f"sweep tiny: 2 trials (1 failed), {STEPS} trial-steps" in stdout
+    assert f"sweep tiny: 2 trials (1 failed), {STEPS // 2} trial-steps" in stdout
     assert any(line.startswith("orchestration: trial ") and f"failed: {bad} {NOT_DIGITS}" in line
                for line in stderr.splitlines())
     (parent,), children = runs(tmp_path)
