@@ -36,7 +36,7 @@ from mupvit.outputs import check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.failures import FAILURE_TAG, describe_failure
-from orchestration.launch_config import load_launch
+from orchestration.launch_config import Launch, load_launch
 from orchestration.run_storage import is_bucket, ray_storage, stored_uri
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.sweep_results import best_lr_table
@@ -240,7 +240,7 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         return sweep_locked(spec, base, uri, base_dir)
 
 
-def sweep_locked(spec: SweepSpec, base: Any, uri: str, base_dir: Path) -> dict[str, Any]:
+def sweep_locked(spec: SweepSpec, base: Launch, uri: str, base_dir: Path) -> dict[str, Any]:
     """run_sweep once connected and holding the sweep's lock: the cluster checks, the parent run, the trials."""
     interrupt_on_sigterm()  # after ray.init, whose own handler would exit at once; fit() takes both signals itself
     check_room(spec)
