@@ -3,9 +3,11 @@
     python -m orchestration.sweep experiments/sweeps/demo_mup_transfer.yaml
     python -m orchestration.sweep SWEEP.yaml --transfer-to experiments/vit_s16_i1k_90ep.yaml [--launch]
 
-Everything is checked before the first trial (sweep file, every trial's config, tracking store, cluster room for
-max_concurrent trials); then one MLflow parent run for the sweep and one child run per trial. Running the same
-command after the driver died restores the Tune experiment (finished trials are kept, the searcher's state too).
+Everything is checked before the first trial (sweep file, every trial's config, a local storage path writable,
+tracking store, one driver per sweep, cluster room for max_concurrent trials); then one MLflow parent run for the
+sweep and one child run per trial. Trials that fail are left out of the result; when all fail, the sweep fails
+with the first one's error (exit 2 for a bad input, else 1). Running the same command after the driver died
+restores the Tune experiment (finished trials are kept, the searcher's state too).
 Ctrl-C or SIGTERM stops the sweep (orchestration/sweep_stop.py): the parent run and the trials it was running end
 KILLED, no best lr is reported, exit 130; the same command resumes it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,17 +25,19 @@ import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.exceptions import RayTaskError
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mupvit.config import Config, ConfigError, add_set_argument, total_steps
 from mupvit.models.shapes import model_shape
-from mupvit.outputs import check_output_file
+from mupvit.outputs import check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from orchestration.cluster import ClusterError, connect, node_count
-from orchestration.launch_config import load_launch
-from orchestration.run_storage import ray_storage
+from orchestration.failures import FAILURE_TAG, describe_failure
+from orchestration.launch_config import Launch, load_launch
+from orchestration.run_storage import is_bucket, ray_storage, stored_uri
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
@@ -40,7 +45,16 @@ from orchestration.sweep_stop import fit_until_stopped
 from orchestration.sweep_trial import sweep_trial, trial_resources
 from orchestration.tracking import check_store_shared, check_writable_store, open_run
 from orchestration.tracking import tracking_uri as resolve_tracking_uri
-from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, log, run_experiment
+from orchestration.train import INPUT_ERRORS, REPO, check_data_on_worker, log, run_experiment, run_lock
+
+
+class SweepFailed(Exception):
+    """Every trial of the sweep failed: no best lr. exit_code is README's: 2 when the first trial's error is a bad
+    input (the others met the same, as a rule), else 1."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def tune_space(spec: SweepSpec) -> dict[str, Any]:
@@ -119,17 +133,21 @@ def results_table(df: pd.DataFrame, spec: SweepSpec, base: Config, steps: int) -
 
 
 def close_children(client: MlflowClient, experiment_id: str, parent_id: str, last_steps: dict[str, int],
-                   steps: int, stopped: bool = False) -> None:
+                   steps: int, stopped: bool = False, failed: dict[str, str] | None = None) -> None:
     """Trials that Tune stopped leave their child run RUNNING: those ASHA cut short are marked early-stopped
     (KILLED), those stopped at their final step (ASHA's max_t) finished. When Ctrl-C or SIGTERM stopped the sweep
     (`stopped`), `last_steps` holds only the trials Tune had ended; the others were running: KILLED, not
-    early-stopped, and the resumed sweep continues them."""
+    early-stopped, and the resumed sweep continues them. A trial in `failed` ({trial_id: why}) whose run is still
+    RUNNING died before it could say so itself (e.g. its process was killed): FAILED, with why."""
     children = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     for child in children:
         if child.info.status != "RUNNING":
             continue
         trial = child.data.tags.get("trial_id", "")
-        if stopped and trial not in last_steps:
+        if trial in (failed or {}):
+            client.set_tag(child.info.run_id, FAILURE_TAG, failed[trial])
+            client.set_terminated(child.info.run_id, "FAILED")
+        elif stopped and trial not in last_steps:
             client.set_terminated(child.info.run_id, "KILLED")
         elif last_steps.get(trial, 0) >= steps:
             client.set_terminated(child.info.run_id, "FINISHED")
@@ -146,6 +164,18 @@ def ended_trials(df: pd.DataFrame) -> dict[str, int]:
     ended = df[df["done"].fillna(False).astype(bool)]
     return dict(zip(ended["trial_id"], ended["step"].fillna(0).astype(int) if "step" in ended else [0] * len(ended),
                     strict=True))
+
+
+def trial_failures(grid: Any, storage: str) -> list[tuple[str, BaseException, str]]:
+    """(trial id, the trial's own error, where Tune keeps its traceback) of each trial that failed, in trial order.
+    Tune hands a trial's exception back wrapped in a RayTaskError; `cause` is the trial's own."""
+    failed = []
+    for result in grid:
+        if result.error is not None:
+            err = result.error.cause if isinstance(result.error, RayTaskError) else result.error
+            failed.append((str(result.metrics.get("trial_id", "?")), err,
+                           stored_uri(storage, f"{result.path}/error.txt")))
+    return failed
 
 
 def transfer(spec: SweepSpec, best: pd.DataFrame, target: str, base_width: int) -> tuple[list[str], float]:
@@ -194,9 +224,24 @@ def restore_or_start(spec: SweepSpec, trainable: Any, storage: str, steps: int, 
 
 def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     base = spec.trial_launch({}, base_dir)  # absolute storage path, as single runs
+    c = base.cluster
+    bucket = is_bucket(c.storage_path)
+    if not bucket:  # a bucket is checked on a worker node, by the data probe
+        check_writable(Path(c.storage_path), "cluster.storage_path")
     uri = resolve_tracking_uri(base.tracking, base_dir)
     check_writable_store(uri)
-    log(f"connecting: {connect(base.cluster)}")
+    # One driver per sweep, locked before anything that waits, as orchestration.train locks a run: a second driver
+    # is refused at once, naming the first. A bucket's lock lives in the Ray cluster: connected first.
+    if bucket:
+        log(f"connecting: {connect(c)}")
+    with run_lock(c, f"sweeps/{spec.name}", f"sweep {spec.name}"):
+        if not bucket:
+            log(f"connecting: {connect(c)}")
+        return sweep_locked(spec, base, uri, base_dir)
+
+
+def sweep_locked(spec: SweepSpec, base: Launch, uri: str, base_dir: Path) -> dict[str, Any]:
+    """run_sweep once connected and holding the sweep's lock: the cluster checks, the parent run, the trials."""
     interrupt_on_sigterm()  # after ray.init, whose own handler would exit at once; fit() takes both signals itself
     check_room(spec)
     check_store_shared(uri, node_count())
@@ -207,24 +252,37 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     parent_id, before = open_run(client, base, f"sweep:{spec.name}", REPO,
                                  extra_tags={"sweep": spec.name, "sweep_role": "parent", "search": spec.algorithm,
                                              "scheduler": spec.scheduler})
+    if before != "NEW" and FAILURE_TAG in client.get_run(parent_id).data.tags:
+        client.delete_tag(parent_id, FAILURE_TAG)  # why an earlier attempt failed no longer holds for this one
     experiment_id = client.get_run(parent_id).info.experiment_id
     stopped_line = (f"sweep {spec.name} is stopped and marked KILLED in MLflow (parent run {parent_id} and the "
                     "trials it was running); no best lr is reported; run the same command to resume it (finished "
                     "trials are kept)")
+    storage = base.cluster.storage_path
     try:
         client.log_artifact(parent_id, spec.path)
         client.log_dict(parent_id, spec.space, "search_space.json")
-        storage = base.cluster.storage_path
         trainable = tune.with_resources(
             tune.with_parameters(sweep_trial, spec=spec, parent_run_id=parent_id, tracking_uri=uri, repo=str(REPO),
                                  base_dir=str(base_dir), storage=storage), trial_resources(spec))
         tuner = restore_or_start(spec, trainable, storage, steps, parent_id, before)
+        # A failed trial is one line of ours (below), its traceback in its error.txt; not Tune's traceback each.
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         grid, stopped = fit_until_stopped(tuner)
+        failures = [] if stopped else trial_failures(grid, storage)
+        failed = {trial: describe_failure(err) for trial, err, _ in failures}
+        if failures and len(failures) == len(grid):  # nothing to choose a best lr from
+            close_children(client, experiment_id, parent_id, {}, steps, failed=failed)
+            trial, err, where = failures[0]
+            raise SweepFailed(f"all {len(grid)} trials of sweep {spec.name} failed; the first ({trial}): "
+                              f"{failed[trial]} (its traceback: {where})", 2 if isinstance(err, INPUT_ERRORS) else 1)
     except KeyboardInterrupt:  # a signal before Tune could stop in order, or a second one: its trials die with us
         close_children(client, experiment_id, parent_id, {}, steps, stopped=True)
         client.set_terminated(parent_id, "KILLED")
         raise KeyboardInterrupt(stopped_line) from None
-    except BaseException:
+    except BaseException as err:
+        said = str(err) if isinstance(err, (SweepFailed, *INPUT_ERRORS)) else describe_failure(err)  # as printed
+        client.set_tag(parent_id, FAILURE_TAG, said)
         client.set_terminated(parent_id, "FAILED")
         raise
     if stopped:  # Tune ended fit() in order: its state is saved, the trials it was running are resumed next time
@@ -232,18 +290,20 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
         client.set_terminated(parent_id, "KILLED")
         raise KeyboardInterrupt(stopped_line)
     table = results_table(grid.get_dataframe(), spec, run, steps)
+    # A trial that failed after reporting has a last result, from a step it did not finish: never the best.
+    table.loc[table["trial_id"].isin(failed), "value"] = None
     best = best_lr_table(table)
     close_children(client, experiment_id, parent_id, dict(zip(table["trial_id"], table["step"].fillna(0), strict=True)),
-                   steps)
+                   steps, failed=failed)
     client.log_text(parent_id, table.to_csv(index=False), "trials.csv")
     client.log_text(parent_id, best.to_csv(index=False), "best_lr.csv")
     client.set_terminated(parent_id, "FINISHED")
     trial_steps = int(table["step"].fillna(0).sum())
     client.log_metric(parent_id, "trial_steps", trial_steps)
-    for failed in grid.errors:  # a trial that crashed (not one that diverged: that one is a result)
-        log(f"a trial failed: {failed}")
-    return {"sweep": spec.name, "parent_run_id": parent_id, "tracking_uri": uri, "trials": len(table),
-            "errored": grid.num_errors, "trial_steps": trial_steps, "table": table, "best": best,
+    for trial, _, where in failures:  # a trial that crashed (not one that diverged: that one is a result)
+        log(f"trial {trial} failed: {failed[trial]} (its traceback: {where})")
+    return {"sweep": spec.name, "parent_run_id": parent_id, "tracking_uri": uri, "trials": len(grid),
+            "errored": len(failures), "trial_steps": trial_steps, "table": table, "best": best,
             "base_width": run.model.base_width}
 
 
@@ -263,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary_json:  # written once the sweep is done: it must be writable before the first trial
             check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
         result = run_sweep(spec, Path.cwd())
-        print(f"\nsweep {spec.name}: {result['trials']} trials, {result['trial_steps']} trial-steps")
+        failed = f" ({result['errored']} failed)" if result["errored"] else ""
+        print(f"\nsweep {spec.name}: {result['trials']} trials{failed}, {result['trial_steps']} trial-steps")
         print(result["best"].to_string(index=False) if not result["best"].empty else "no trial finished")
         summary = {k: v for k, v in result.items() if k not in ("table", "best")}
         summary["best"] = result["best"].to_dict(orient="records")
@@ -283,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SweepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: each stage says what it recorded
         said = str(stop) or "the sweep is stopped (before or after its trials ran); run the same command to resume it"
         print(f"interrupted: {said}", file=sys.stderr)

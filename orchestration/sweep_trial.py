@@ -10,6 +10,7 @@ from typing import Any
 import ray.tune
 from mlflow.tracking import MlflowClient
 
+from orchestration.failures import FAILURE_TAG, describe_failure
 from orchestration.sweep_spec import SweepSpec
 from orchestration.tracking import MlflowLogger, open_run
 from orchestration.train import fit
@@ -33,14 +34,21 @@ def sweep_trial(params: dict[str, Any], *, spec: SweepSpec, parent_run_id: str, 
     trial_id = ray.tune.get_context().get_trial_id()
     trial = spec.trial_launch(params, Path(base_dir), storage)
     client = MlflowClient(tracking_uri)
-    run_id, _ = open_run(client, trial, f"{spec.name}/{trial_id}", Path(repo), parent_run_id=parent_run_id,
-                         extra_tags={"sweep": spec.name, "trial_id": trial_id})
+    run_id, before = open_run(client, trial, f"{spec.name}/{trial_id}", Path(repo), parent_run_id=parent_run_id,
+                              extra_tags={"sweep": spec.name, "trial_id": trial_id})
+    if before != "NEW" and FAILURE_TAG in client.get_run(run_id).data.tags:  # why an earlier attempt failed
+        client.delete_tag(run_id, FAILURE_TAG)
     reporting = {"report_every": REPORT_EVERY, "metric": spec.metric, "mode": spec.mode}
-    if spec.trial_workers > 1:
-        # The Train run's name is the trial's, so a restored sweep resumes the trial from its Train checkpoint.
-        fit(trial, f"{spec.name}-{trial_id}", run_id, tracking_uri, sweep=reporting)
-    else:
-        tracker = MlflowLogger(tracking_uri, run_id, launch=trial.sections())
-        train_reported(trial.run, ray.tune, tracker=tracker, loggers=[tracker], sweep=reporting)
+    try:
+        if spec.trial_workers > 1:
+            # The Train run's name is the trial's, so a restored sweep resumes the trial from its Train checkpoint.
+            fit(trial, f"{spec.name}-{trial_id}", run_id, tracking_uri, sweep=reporting)
+        else:
+            tracker = MlflowLogger(tracking_uri, run_id, launch=trial.sections())
+            train_reported(trial.run, ray.tune, tracker=tracker, loggers=[tracker], sweep=reporting)
+    except Exception as err:  # not SystemExit: Tune stops a trial (ASHA, Ctrl-C) by one, and that is no failure
+        client.set_tag(run_id, FAILURE_TAG, describe_failure(err))
+        client.set_terminated(run_id, "FAILED")
+        raise
     if client.get_run(run_id).info.status == "RUNNING":  # a diverged trial has already ended FAILED
         client.set_terminated(run_id, "FINISHED")

@@ -131,13 +131,14 @@ def check_data_on_worker(launch: Launch) -> int:
         raise DataError(f"on a worker node: {cause}") from None
 
 
-def run_lock(c: ClusterConfig, name: str) -> AbstractContextManager[Any]:
-    """One driver per run, across jobs: the lock of the run's folder in a local cluster.storage_path; for a bucket,
-    a named actor in the Ray cluster (connected first), which every driver of the cluster sees and which dies
-    with its driver."""
+def run_lock(c: ClusterConfig, name: str, what: str = "") -> AbstractContextManager[Any]:
+    """One driver per run, across jobs: the lock of the run's folder `name` in a local cluster.storage_path; for a
+    bucket, a named actor in the Ray cluster (connected first), which every driver of the cluster sees and which
+    dies with its driver. `what` names it in the refusal (default: run NAME); a sweep locks its own folder."""
+    what = what or f"run {name}"
     if is_bucket(c.storage_path):
-        return ClusterLock(f"{c.storage_path.rstrip('/')}/{name}", f"run {name}")
-    return FolderLock(Path(c.storage_path) / name, f"run {name}")
+        return ClusterLock(f"{c.storage_path.rstrip('/')}/{name}", what)
+    return FolderLock(Path(c.storage_path) / name, what)
 
 
 def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
