@@ -3,6 +3,7 @@ folder of two digits configs runs on a real Ray head as jobs, once: the same com
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from ray.job_submission import JobSubmissionClient
 
 from orchestration import campaign
 from orchestration.launch_config import load_launch
-from orchestration.tracking import open_run
+from orchestration.tracking import RESOLVED_ARTIFACT, git_state, open_run, read_resolved
 from orchestration.train import REPO, run_name
 
 from .helpers import tiny_experiment
@@ -103,33 +104,73 @@ def test_an_unreachable_job_server_fails_in_seconds_with_how_to_start_one(digits
 # tests/conftest.py: other tests' jobs may be in its job list, never running)
 
 
-def run_cli(folder: Path, cwd: Path, env: dict, dashboard: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestration.campaign", str(folder), "--address", dashboard],
+def run_cli(folder: Path, cwd: Path, env: dict, dashboard: str, *sets: str) -> subprocess.CompletedProcess:
+    args = [arg for s in sets for arg in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "orchestration.campaign", str(folder), "--address", dashboard, *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_campaign_runs_each_config_once_as_a_ray_job(ray_head, ray_env, digits_root, tmp_path):
+    """Two configs as Ray jobs (what `ray job submit` runs: train_job_command, train_job_env), each once. One of
+    them is checked as a job's run: its console, its MLflow params, tags, metric histories and resolved config."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**ray_env, "MLFLOW_TRACKING_URI": uri}
     folder = tmp_path / "ablations"
-    write_configs(folder, digits_root, tmp_path / "ray_results", {"recipe": {}, "pool_cls": {"model.pool": "tok"}})
-    jobs_before = {j.submission_id for j in JobSubmissionClient(ray_head.dashboard_url).list_jobs()}
+    write_configs(folder, digits_root, tmp_path / "ray_results",
+                  {"recipe": {"train.eval_at_epochs": [0.1]}, "pool_cls": {"model.pool": "tok"}})
+    jobs = JobSubmissionClient(ray_head.dashboard_url)
+    jobs_before = {j.submission_id for j in jobs.list_jobs()}
 
     first = run_cli(folder, tmp_path, env, ray_head.dashboard_url)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    assert first.stdout.count("submitted job") == 2
+    assert first.stdout.count("submitted job") == 2 and first.stdout.count(" SUCCEEDED, ") == 2
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("campaign_test").experiment_id])
     assert sorted((r.data.tags["ablation"], r.info.status) for r in runs) == [
         ("pool_cls", "FINISHED"), ("recipe", "FINISHED")]
     assert all("final/val/acc1" in r.data.metrics for r in runs)
-    assert runs[0].data.tags["git_commit"] != "unknown"  # the submitting checkout's commit reached the job
+    (run,) = [r for r in runs if r.data.tags["ablation"] == "recipe"]
+    (job,) = [j for j in jobs.list_jobs() if j.submission_id not in jobs_before
+              and (j.metadata or {}).get("mupvit_config") == "recipe.yaml"]
+    # The job's console: the project's progress lines and the result, not Ray's or MLflow's INFO chatter.
+    console = jobs.get_job_logs(job.submission_id)
+    assert "[step 8/8 100.0%]" in console and "final val: top-1" in console, console[-4000:]
+    for chatter in ("Reporting training result", "Checkpoint successfully created", "Requesting resources",
+                    "INFO mlflow"):
+        assert chatter not in console, chatter
+    worker_lines = [line for line in console.splitlines() if "(RayTrainWorker pid=" in line]
+    assert worker_lines and not any("\x1b[" in line for line in worker_lines)  # plain prefixes
+    assert run.data.params["optim.lr"] == "0.002" and run.data.params["model.width"] == "32"
+    assert run.data.params["train.devices"] == "1" and run.data.params["cluster.num_workers"] == "1"
+    tags = run.data.tags
+    assert tags["dataset"] == "digits" and tags["parametrization"] == "sp" and tags["num_workers"] == "1"
+    # No .git in a job's working dir: the submitting checkout's commit reached the job through its env.
+    assert tags["git_dirty"] == "none" and tags["git_commit"].removesuffix("-dirty") == git_state(REPO)[0]
+    assert "mupvit.paper_acc1" not in tags  # digits has no paper number
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [4, 8]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/lr")] == [2, 4, 6, 8]
+    # 0.1 epochs of 1,438 images at batch 32 is step round(4.49) = 4.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc1_at_0.1ep")] == [4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "console.log", RESOLVED_ARTIFACT} <= artifacts
+    resolved = read_resolved(client, run.info.run_id)  # typed, derived values included
+    assert resolved["config"]["optim"]["lr"] == 0.002 and resolved["config"]["evals"]["val"]["split"] == "val"
+    assert resolved["launch"]["cluster"]["num_workers"] == 1
+    derived = resolved["derived"]
+    assert (derived["width"], derived["num_heads"], derived["mlp_dim"], derived["depth"]) == (32, 2, 64, 1)
+    assert derived["total_steps"] == 8 and derived["devices"] == 1 and derived["train_images"] == 1438
+    assert derived["epochs"] == pytest.approx(8 * 32 / 1438)
 
-    again = run_cli(folder, tmp_path, env, ray_head.dashboard_url)
+    # The same command again, after the data moved to another disk and with other logging: the same runs (the
+    # run name leaves both out), already finished, so nothing is submitted.
+    moved = tmp_path / "moved_digits"
+    shutil.copytree(digits_root, moved)
+    again = run_cli(folder, tmp_path, env, ray_head.dashboard_url, f"data.root={moved}", "train.log_every=1")
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "submitted job" not in again.stdout
-    for run in runs:
-        assert f"skip (finished, run {run.info.run_id})" in again.stdout
-    jobs = [j for j in JobSubmissionClient(ray_head.dashboard_url).list_jobs() if j.submission_id not in jobs_before]
-    assert len([j for j in jobs if campaign.RUN_METADATA in (j.metadata or {})]) == 2
+    for r in runs:
+        assert f"skip (finished, run {r.info.run_id})" in again.stdout
+    new_jobs = [j for j in jobs.list_jobs() if j.submission_id not in jobs_before]
+    assert len([j for j in new_jobs if campaign.RUN_METADATA in (j.metadata or {})]) == 2

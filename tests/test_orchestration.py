@@ -1,5 +1,5 @@
-"""orchestration.train on a real Ray head (127.0.0.1) with a real MLflow SQLite store: `ray job submit`, data
-parallel equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind.
+"""orchestration.train on a real Ray head (127.0.0.1) with a real MLflow SQLite store: data parallel
+equivalence, worker failure, driver death, and bad inputs that must fail fast and leave nothing behind.
 
 The head is the session's shared one (tests/conftest.py: ray_head, and ray_env, which waits until it is idle)."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +17,6 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-
-from orchestration.loopback import BIN, cluster_env
-from orchestration.tracking import RESOLVED_ARTIFACT, read_resolved
 
 from .helpers import freeze, tiny_experiment
 from .test_security import assert_run_on_loopback
@@ -80,61 +76,6 @@ def reference(ray_head, digits_root, tmp_path_factory):
     summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
                                      "tracking.run_name=ref"))
     return folder, summary
-
-
-# ---------------------------------------------------------------- the happy path, through `ray job submit`
-
-
-def test_ray_job_submit_runs_and_mlflow_records_it(ray_head, ray_env, digits_root, tmp_path):
-    config = write_config(tmp_path, digits_root, **{"train.total_steps": 8, "train.eval_every": 4,
-                                                    "train.log_every": 2, "train.eval_at_epochs": [0.1]})
-    summary_path = tmp_path / "summary.json"
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                "MUPVIT_GIT_COMMIT": "abc123"}}
-    done = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "orchestration.train", str(config),
-         "--set", f"cluster.storage_path={tmp_path / 'ray_results'}", "--summary-json", str(summary_path)],
-        env=cluster_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
-    # The job's console: the project's progress lines and the result, not Ray's or MLflow's INFO chatter.
-    assert "[step 8/8 100.0%]" in done.stdout and "final val: top-1" in done.stdout
-    for chatter in ("Reporting training result", "Checkpoint successfully created", "Requesting resources",
-                    "INFO mlflow"):
-        assert chatter not in done.stdout, chatter
-    worker_lines = [line for line in done.stdout.splitlines() if "(RayTrainWorker pid=" in line]
-    assert worker_lines and not any("\x1b[" in line for line in worker_lines)  # plain prefixes (the CLI's own
-    # lines keep Ray's colours)
-    (run,) = runs_in(tmp_path)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["optim.lr"] == "0.002" and run.data.params["model.width"] == "32"
-    assert run.data.params["train.devices"] == "1" and run.data.params["cluster.num_workers"] == "1"
-    tags = run.data.tags
-    assert tags["dataset"] == "digits" and tags["parametrization"] == "sp" and tags["num_workers"] == "1"
-    assert tags["git_commit"] == "abc123"  # no .git in a job's working dir: the submit command passes it
-    assert "mupvit.paper_acc1" not in tags  # digits has no paper number
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [2, 4, 6, 8]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc1")] == [4, 8]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/lr")] == [2, 4, 6, 8]
-    # 0.1 epochs of 1,438 images at batch 32 is step round(4.49) = 4.
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "acc1_at_0.1ep")] == [4]
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "console.log", RESOLVED_ARTIFACT} <= artifacts
-    resolved = read_resolved(client, run.info.run_id)  # typed, derived values included
-    assert resolved["config"]["optim"]["lr"] == 0.002 and resolved["config"]["evals"]["val"]["split"] == "val"
-    assert resolved["launch"]["cluster"]["num_workers"] == 1
-    derived = resolved["derived"]
-    assert (derived["width"], derived["num_heads"], derived["mlp_dim"], derived["depth"]) == (32, 2, 64, 1)
-    assert derived["total_steps"] == 8 and derived["devices"] == 1 and derived["train_images"] == 1438
-    assert derived["epochs"] == pytest.approx(8 * 32 / 1438)
-    assert json.loads(summary_path.read_text())["mlflow_run_id"] == run.info.run_id
-    # Submitted again after the data moved to another disk and with other logging: the same run, already finished.
-    moved = tmp_path / "moved_digits"
-    shutil.copytree(digits_root, moved)
-    again = summary_of(orchestrate(tmp_path, config, ray_env, f"data.root={moved}", "train.log_every=1",
-                                   f"cluster.storage_path={tmp_path / 'ray_results'}"))
-    assert again["already_finished"] and again["mlflow_run_id"] == run.info.run_id
 
 
 def test_paper_reference_tag_for_the_headline_recipe():
