@@ -12,8 +12,10 @@ the object store. A 256-image rank batch of 224x224x3 uint8 crops (data.augment_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -26,6 +28,9 @@ from mupvit.data import train_stream
 from mupvit.data.datasets import DataError, Split
 from mupvit.data.plan import plan_length
 from mupvit.data.stream import StreamBatchSampler, TrainSample
+from mupvit.train import TrainBatches
+from orchestration.cluster import ClusterError
+from orchestration.launch_config import ClusterConfig
 
 BATCHES_IN_FLIGHT = 8
 MIN_BUDGET_BYTES = 32 * 2**20  # a floor, so that a tiny batch still leaves Ray Data room for a few blocks
@@ -120,3 +125,30 @@ def ray_data_batches(cfg: Config, split: Split, start_step: int, end_step: int, 
             if found is None:
                 raise
             raise found from None
+
+
+def train_batches(cfg: Config, cluster: ClusterConfig) -> TrainBatches | None:
+    """What makes the run's train batches for mupvit.train.run: None (its own loader) for data.pipeline local, else
+    ray_data_batches placed as the cluster section says."""
+    if cfg.data.pipeline == "local":
+        return None
+    return functools.partial(ray_data_batches, placement=Placement(cluster.data_cpus, cluster.data_resource))
+
+
+def check_input_capacity(cfg: Config, c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
+    """data.pipeline ray_data: fail within seconds where no input task could ever run (its tasks would wait forever
+    and the workers with them): no node offers cluster.data_resource, or the workers leave no CPU free."""
+    if cfg.data.pipeline == "local":
+        return
+    nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
+    if c.data_resource:
+        if not any(n["Resources"].get(c.data_resource) and n["Resources"].get("CPU") for n in nodes):
+            raise ClusterError(f"cluster.data_resource: no node of the cluster offers {c.data_resource!r} and a CPU, "
+                               "so no input task of data.pipeline ray_data could run; start the input nodes with "
+                               f"--resources='{{\"{c.data_resource}\": N}}' or unset cluster.data_resource")
+        return
+    cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
+    if cpus - c.num_workers * c.cpus_per_worker < 1:
+        raise ClusterError(f"data.pipeline ray_data: the cluster has {cpus:g} CPU, all held by cluster.num_workers="
+                           f"{c.num_workers} x {c.cpus_per_worker:g} CPU, so no input task could run; add a CPU "
+                           "node, lower cluster.cpus_per_worker, or set data.pipeline=local")
