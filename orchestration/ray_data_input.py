@@ -88,7 +88,6 @@ def stream_dataset(cfg: Config, split: Split, start: int, end: int, rank: int = 
     ds = ray.data.range(end - start, override_num_blocks=max(1, end - start))
     options = ds.context.execution_options
     options.preserve_order, options.verbose_progress = True, False
-    ds.context.enable_progress_bars = False  # the trainer's console has its own progress lines
     ds.context.print_on_execution_start = False
     ds.context.raise_original_map_exception = True  # a task's DataError reaches the reader, not a UserCodeException
     options.resource_limits = options.resource_limits.copy(
