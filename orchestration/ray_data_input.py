@@ -37,6 +37,9 @@ MIN_BUDGET_BYTES = 32 * 2**20  # a floor, so that a tiny batch still leaves Ray 
 # Steps per dataset: a run is read as consecutive datasets of this many one-step blocks, so that a long run never
 # plans hundreds of thousands of blocks at once (the hand-over costs about one batch's latency per window).
 WINDOW_STEPS = 256
+# Per task process: the split of the dataset it serves, read from the object store once rather than once per task
+# (ImageNet's 1.28M (path, label) pairs take about a second to unpickle).
+_SPLITS: dict[str, Split] = {}
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,19 @@ def budget_bytes(cfg: Config, world: int) -> int:
     return max(MIN_BUDGET_BYTES, BATCHES_IN_FLIGHT * per_rank * sample_bytes(cfg))
 
 
-def step_batch(steps: dict[str, np.ndarray], cfg: Config, split: Split, start: int, rank: int,
+def stored_split(ref: ray.ObjectRef) -> Split:
+    key = ref.hex()
+    if key not in _SPLITS:
+        _SPLITS.clear()  # one dataset's split at a time
+        _SPLITS[key] = ray.get(ref)
+    return _SPLITS[key]
+
+
+def step_batch(steps: dict[str, np.ndarray], cfg: Config, split: ray.ObjectRef, start: int, rank: int,
                world: int) -> dict[str, np.ndarray]:
     """The Ray Data task: the rank's share of each step in `steps` (ids relative to `start`), as columns. An empty
     plan (data.augment_on loader) is left out: the reader puts it back."""
-    stream = train_stream(cfg, split)
+    stream = train_stream(cfg, stored_split(split))
     samples = []
     for i in steps["id"]:
         step = start + int(i)
@@ -94,7 +105,8 @@ def stream_dataset(cfg: Config, split: Split, start: int, end: int, rank: int = 
         cpu=placement.cpus, object_store_memory=budget_bytes(cfg, world))
     remote = {"resources": {placement.resource: 0.001}} if placement.resource else {}
     return ds.map_batches(step_batch, batch_size=1, num_cpus=1, label_selector=placement.label,
-                          fn_kwargs={"cfg": cfg, "split": split, "start": start, "rank": rank, "world": world},
+                          fn_kwargs={"cfg": cfg, "split": ray.put(split), "start": start, "rank": rank,
+                                     "world": world},
                           **remote)
 
 
