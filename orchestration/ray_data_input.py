@@ -99,7 +99,9 @@ def stream_dataset(cfg: Config, split: Split, start: int, end: int, rank: int = 
     ds = ray.data.range(end - start, override_num_blocks=max(1, end - start))
     options = ds.context.execution_options
     options.preserve_order, options.verbose_progress = True, False
-    ds.context.print_on_execution_start = False
+    # Its progress as log records (INFO: the session's log files, not the console), never as tqdm bars that a Ray
+    # worker forwards to the driver's console; turning progress off instead warns on the console once per process.
+    ds.context.use_ray_tqdm, ds.context.print_on_execution_start = False, False
     ds.context.raise_original_map_exception = True  # a task's DataError reaches the reader, not a UserCodeException
     options.resource_limits = options.resource_limits.copy(
         cpu=placement.cpus, object_store_memory=budget_bytes(cfg, world))
