@@ -120,6 +120,8 @@ SWEEP_CASES = {
     "space_list": ({"space": ["optim.lr"]}, "space: expected a mapping"),
     "name": ({"name": 3}, "name: got 3, expected a string"),
     "name_path": ({"name": "../../x"}, "name: got '../../x', expected a plain name"),
+    "ray_data": ({"overrides": {"data.pipeline": "ray_data"}}, "data.pipeline ray_data: sweep trials read their "
+                 "data with the local loader"),
 }
 
 
