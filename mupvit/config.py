@@ -79,6 +79,10 @@ class DataConfig:
     # default: on a CPU trainer the device half runs in the training process instead of beside it in the workers,
     # which measured slower at batch 256 (docs/PERFORMANCE.md); `device` is for a GPU whose workers fall behind.
     augment_on: Literal["loader", "device"] = "loader"
+    # Where the loader's share (read, decode, crop, plan) runs: `local` = DataLoader workers in the trainer's
+    # process tree; `ray_data` = Ray Data tasks on any node of the cluster with CPUs (orchestration.train only:
+    # orchestration/ray_data_input.py). The same samples either way, so it may change on resume.
+    pipeline: Literal["local", "ray_data"] = resumable("local")
     mixup_alpha: float = 0.2  # 0 turns MixUp off
     # Stratified held-out split of `minival_from`, usable as the split names `minival` and `train_minus_minival`.
     minival_from: str = "train"

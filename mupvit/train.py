@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,8 +301,14 @@ class Throughput:
         return out
 
 
+# What makes a run's train batches, with train_loader's signature (cfg, split, start_step, end_step, rank, world,
+# pin_memory): train_loader itself, or a launcher's pipeline that yields the same TrainSample batches.
+TrainBatches = Callable[..., Iterable[TrainSample]]
+
+
 def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None = None, *,
-        device: torch.device | None = None, resume_from: str | Path | None = None) -> dict[str, Any]:
+        device: torch.device | None = None, resume_from: str | Path | None = None,
+        batches: TrainBatches | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg`; return the summary. `stop_at_step` ends the run early
     after that many steps, with a checkpoint, as a preemption would.
 
@@ -310,18 +316,24 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     sets up) the model is wrapped in DDP and each rank takes its 1/world share of every global batch, so the
     optimisation is that of one process with the whole batch. Only rank 0 writes checkpoints; every rank calls
     the logger (rank != 0 gets path None from `checkpoint`). `resume_from` names the checkpoint file to resume
-    from instead of the newest one in train.out_dir; `device` overrides train.device.
+    from instead of the newest one in train.out_dir; `device` overrides train.device. `batches` makes the train
+    batches (default train_loader); data.pipeline ray_data needs one from orchestration, which has the cluster.
 
     Rank 0 first checks that train.out_dir is writable and locks it for the run, so a second process on the same
     folder is refused instead of pruning this one's checkpoints.
     """
     logger = logger or ConsoleLogger()
+    if batches is None and cfg.data.pipeline != "local":
+        raise ConfigError(f"data.pipeline: {cfg.data.pipeline} runs the input as Ray Data tasks on a Ray cluster, "
+                          "which needs orchestration.train (python -m orchestration.train CONFIG); python -m "
+                          "mupvit.train runs data.pipeline=local")
+    batches = batches or train_loader
     if process_group()[0] != 0:
-        return train(cfg, logger, stop_at_step, device, resume_from)
+        return train(cfg, logger, stop_at_step, device, resume_from, batches)
     out_dir = Path(cfg.train.out_dir).expanduser().resolve()
     check_writable(out_dir, "train.out_dir")
     with FolderLock(out_dir, "train.out_dir"):
-        return train(cfg, logger, stop_at_step, device, resume_from)
+        return train(cfg, logger, stop_at_step, device, resume_from, batches)
 
 
 def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
@@ -368,7 +380,7 @@ def eval_point(state: RunState, step: int, loaders: dict[str, Any], forward: nn.
 
 
 def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
-          resume_from: str | Path | None) -> dict[str, Any]:
+          resume_from: str | Path | None, batches: TrainBatches = train_loader) -> dict[str, Any]:
     """The run itself, in the order big_vision's train.py reads: setup, then step, eval and checkpoint."""
     t = cfg.train
     state = setup(cfg, device, resume_from)
@@ -378,8 +390,8 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     pin = state.device.type == "cuda"
     loaders = {name: eval_loader(cfg, e.split, pin, state.rank, state.world, e.real_labels is not None, e.config)
                for name, e in state.evals.items()}
-    batches = DevicePrefetcher(train_loader(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank,
-                                            state.world, pin_memory=pin), state.device, batch_mover(state.device))
+    batches = DevicePrefetcher(batches(cfg, state.splits[cfg.data.train_split], state.start, end, state.rank,
+                                       state.world, pin_memory=pin), state.device, batch_mover(state.device))
     augment = device_augment(cfg)  # data.augment_on device: flip, RandAugment and scale here, on the whole batch
     wall0, speed = time.perf_counter(), Throughput()
     skipping = cfg.data.on_bad_image == "skip"

@@ -32,6 +32,11 @@ class ClusterConfig:
     keep_checkpoints: int = 2
     resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
     fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
+    # data.pipeline ray_data: the most CPUs each worker's input tasks hold at once (null: any free CPU), and a
+    # custom resource that only the nodes meant for the input offer (e.g. CPU-only nodes started with
+    # --resources='{"data_cpu": 16}'; null: any node with a free CPU).
+    data_cpus: float | None = None
+    data_resource: str | None = None
 
 
 @dataclass
@@ -70,7 +75,7 @@ class Launch:
         return {**self.run.to_dict(), **self.sections()}
 
 
-_POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step")
+_POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step", "data_cpus")
 _NON_NEGATIVE = ("max_failures", "resource_wait_s")
 
 

@@ -208,6 +208,9 @@ def _check(spec: SweepSpec) -> None:
         base = spec.trial_config({})
     except ConfigError as err:
         raise _fail(p, f"base/overrides: {spec.base}: {err}") from None
+    if base.data.pipeline != "local":  # its tasks would compete with the packed trials for CPUs, and wait forever
+        raise _fail(p, f"base/overrides: data.pipeline {base.data.pipeline}: sweep trials read their data with the "
+                       "local loader; set data.pipeline: local in overrides")
     for point in spec.points():  # each trial's config must be valid: unknown keys, widths off the head rule, ...
         try:
             spec.trial_config(point)

@@ -47,6 +47,7 @@ from orchestration.cluster import (
 )
 from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
+from orchestration.ray_data_input import check_input_capacity
 from orchestration.rendezvous import ClosedRendezvousConfig
 from orchestration.run_storage import (
     ClusterLock,
@@ -161,6 +162,7 @@ def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
         # FAILED, and a crash dump of Ray's threads)
         check_capacity(c)
+        check_input_capacity(launch.run, c)
         check_store_shared(uri, node_count())
         check_budget(launch.run, check_data_on_worker(launch))
         return record(launch, name, uri)

@@ -27,6 +27,8 @@ from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
 from mupvit.train import TrainingDiverged, run
 from orchestration.failures import NOT_RETRIED
+from orchestration.launch_config import ClusterConfig
+from orchestration.ray_data_input import train_batches
 from orchestration.run_storage import StoredFile
 from orchestration.scratch import scratch_folder
 from orchestration.tracking import MlflowLogger
@@ -54,10 +56,12 @@ class RayInfoFilter(logging.Filter):
 
 
 def quiet_ray_console() -> None:
-    """RayInfoFilter on the console handlers of this worker (those Ray Train set up on the root logger)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.addFilter(RayInfoFilter())
+    """RayInfoFilter on the console handlers of this worker: those Ray Train set up on the root logger, and Ray
+    Data's own (data.pipeline ray_data: "Dataset ... execution finished" after each of its datasets)."""
+    for logger in (logging.getLogger(), logging.getLogger("ray.data")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(RayInfoFilter())
 
 
 def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:
@@ -231,12 +235,13 @@ def in_scratch(cfg: Config, folder: Path) -> Config:
 def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None = None,
                    sweep: dict[str, Any] | None = None, loggers: list[RunLogger] = (),
                    after: list[RunLogger] = (), notes: dict[str, str] | None = None, device: Any = None,
-                   storage: str | None = None) -> None:
+                   storage: str | None = None, cluster: ClusterConfig | None = None) -> None:
     """The body of every run that Ray runs (a Train worker, a one-worker sweep trial): train in a scratch folder,
     resuming from Ray's checkpoint when there is one, with `loggers`, a RayReporter through `api` (ray.train or
     ray.tune) and then `after`; a sweep trial (`sweep`: report_every, metric, mode) reports more often and records
-    divergence as a result. The scratch folder is removed however the run ends (by the next worker on the node if
-    this one is killed: orchestration/scratch.py)."""
+    divergence as a result. With data.pipeline ray_data the train batches come from Ray Data tasks placed as
+    `cluster` says (orchestration/ray_data_input.py); the device half stays here. The scratch folder is removed
+    however the run ends (by the next worker on the node if this one is killed: orchestration/scratch.py)."""
     reporter = RayReporter(api, every=sweep["report_every"] if sweep else 0,
                            before_report=tracker.flush if tracker else lambda: None, notes=notes, storage=storage)
     with scratch_folder() as scratch:
@@ -244,7 +249,7 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
         reporter.remember(resume, stored)
         try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
             run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
-                resume_from=resume)
+                resume_from=resume, batches=train_batches(cfg, cluster or ClusterConfig()))
             if tracker is not None and reporter.stored:
                 tracker.tag_checkpoint(f"{next(reversed(reporter.stored.values()))}/{CHECKPOINT_FILE}")
         except TrainingDiverged as err:
@@ -272,7 +277,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"])
     common = {"sweep": loop_config.get("sweep"), "device": ray.train.torch.get_device(),
               "notes": {"mlflow_run_id": loop_config["run_id"]},  # the run a checkpoint belongs to
-              "storage": loop_config["storage"]}
+              "storage": loop_config["storage"], "cluster": ClusterConfig(**loop_config["launch"]["cluster"])}
     if ray.train.get_context().get_world_rank() != 0:
         train_reported(cfg, ray.train, **common)
         return

@@ -50,6 +50,9 @@ SET_CASES = {
     "model.gelu=erf": "model.gelu: got 'erf', expected one of 'tanh', 'exact'",
     "data.decode=pil": "data.decode: got 'pil', expected one of 'tf_fast', 'accurate'",
     "data.eval_resize_method=area": "data.eval_resize_method: got 'area'",
+    "data.pipeline=ray": "data.pipeline: got 'ray', expected one of 'local', 'ray_data'",
+    "data.pipeline=ray_data": "data.pipeline: ray_data runs the input as Ray Data tasks on a Ray cluster, which "
+                              "needs orchestration.train",
     "optim.mu_dtype=fp16": "optim.mu_dtype: got 'fp16'",
     "train.batch_size=1.5": "train.batch_size: got 1.5, expected an integer",
     "train.batch_size=true": "train.batch_size: got True, expected an integer",
@@ -117,6 +120,8 @@ SWEEP_CASES = {
     "space_list": ({"space": ["optim.lr"]}, "space: expected a mapping"),
     "name": ({"name": 3}, "name: got 3, expected a string"),
     "name_path": ({"name": "../../x"}, "name: got '../../x', expected a plain name"),
+    "ray_data": ({"overrides": {"data.pipeline": "ray_data"}}, "data.pipeline ray_data: sweep trials read their "
+                 "data with the local loader"),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 TINY_TESTED = {"data_throughput.py", "gpu_check.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
-               "train_throughput.py"}
+               "train_throughput.py", "ray_data_throughput.py"}
 
 
 def tiny(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
@@ -65,6 +65,13 @@ def test_mup_transfer(tmp_path):
 def test_ray_overhead(ray_head, ray_env, tmp_path):  # on the session's shared head: no Ray start-up per run
     out = tiny("ray_overhead.py", "--address", ray_head.address, cwd=tmp_path, env=ray_env)
     assert "training-time ratio Ray/plain" in out
+
+
+@pytest.mark.slow
+def test_ray_data_throughput(ray_env, tmp_path):  # the input tasks on the session's shared head (RAY_ADDRESS)
+    result = json.loads(tiny("ray_data_throughput.py", cwd=tmp_path, env=ray_env).strip().splitlines()[-1])
+    assert result["local_images_per_s"] > 0 and result["ray_data_images_per_s"] > 0
+    assert result["ray_data_cost_over_local"] > 0 and 0 <= result["ray_data_trainer_cpu_frac"]
 
 
 @pytest.mark.slow

@@ -162,6 +162,22 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
     assert summary_of(again)["already_finished"] and len(runs_in(tmp_path)) == 1
 
 
+def test_ray_data_input_interrupted_and_resumed_ends_on_the_local_runs_parameters(ray_env, digits_root, tmp_path,
+                                                                                  reference):
+    """data.pipeline ray_data: the batches come from Ray Data tasks on the head's free CPU; a worker failure at step
+    6 resumes from step 4's checkpoint with a dataset that starts there, and the run ends on the parameters of the
+    uninterrupted local run, bit for bit."""
+    _, ref = reference
+    done = orchestrate(tmp_path, write_config(tmp_path, digits_root, **{"data.pipeline": "ray_data"}), ray_env,
+                       "cluster.fail_at_step=6", "tracking.run_name=raydata")
+    summary = summary_of(done)
+    assert "injected failure at step 6" in done.stderr
+    assert "[step 20/20 100.0%]" in done.stderr and "Dataset" not in done.stderr  # no Ray Data chatter
+    a, b = final_model(summary), final_model(ref)
+    for key, tensor in a.items():
+        assert torch.equal(tensor, b[key]), key
+
+
 # ---------------------------------------------------------------- bad input: fast, clear, nothing left behind
 
 

@@ -11,6 +11,7 @@ import pytest
 from mupvit.config import ConfigError
 from orchestration.cluster import ClusterError, check_capacity
 from orchestration.launch_config import Launch, load_launch
+from orchestration.ray_data_input import Placement, check_input_capacity, train_batches
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, tracking_uri
 from orchestration.train import run_name, set_ray_train_timings
 
@@ -77,6 +78,28 @@ def test_unsatisfiable_requests_fail_with_what_is_missing(sets, nodes, message):
         check_capacity(demo(*sets).cluster, nodes)
 
 
+@pytest.mark.parametrize("sets, nodes, message", [
+    (["cluster.num_workers=2", "cluster.cpus_per_worker=1"], [node(2)],
+     "data.pipeline ray_data: the cluster has 2 CPU, all held by cluster.num_workers=2 x 1 CPU, so no input task"),
+    (["cluster.data_resource=data_cpu"], [node(16)], "cluster.data_resource: no node of the cluster offers 'data_cpu'"),
+])
+def test_ray_data_input_without_a_cpu_fails_instead_of_waiting(sets, nodes, message):
+    launch = demo("data.pipeline=ray_data", *sets)
+    with pytest.raises(ClusterError, match=message):
+        check_input_capacity(launch.run, launch.cluster, nodes)
+    check_input_capacity(demo(*sets).run, launch.cluster, nodes)  # the local loader needs no spare CPU
+
+
+def test_ray_data_input_with_a_spare_cpu_or_an_input_node_passes():
+    launch = demo("data.pipeline=ray_data", "cluster.num_workers=2", "cluster.cpus_per_worker=1")
+    check_input_capacity(launch.run, launch.cluster, [node(3)])
+    launch = demo("data.pipeline=ray_data", "cluster.data_resource=data_cpu", "cluster.data_cpus=4")
+    gpu_node, cpu_node = node(8, gpus=1), {"Alive": True, "Resources": {"CPU": 16.0, "data_cpu": 16.0}}
+    check_input_capacity(launch.run, launch.cluster, [gpu_node, cpu_node])
+    assert train_batches(launch.run, launch.cluster).keywords["placement"] == Placement(4, "data_cpu")
+    assert train_batches(demo().run, launch.cluster) is None  # local: mupvit's own loader
+
+
 def test_satisfiable_requests_pass():
     check_capacity(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1").cluster, [node(1), node(1)])
     check_capacity(demo("cluster.use_gpu=true", "cluster.num_workers=8", "cluster.cpus_per_worker=8").cluster,
@@ -98,6 +121,8 @@ def test_bad_cluster_values_fail_in_config_validation():
         demo("cluster.num_workers=0")
     with pytest.raises(ConfigError, match="cluster.max_failures: got -1"):
         demo("cluster.max_failures=-1")
+    with pytest.raises(ConfigError, match="cluster.data_cpus: got 0"):
+        demo("cluster.data_cpus=0")
 
 
 def test_an_unreachable_cluster_address_fails_in_seconds_naming_it():

@@ -17,9 +17,10 @@ DEMO = load_config(REPO / "experiments" / "demo_digits.yaml")
 # Every leaf key, an evaluator's keys through the demo's "val" evaluator.
 FIELDS = {key.replace("*", "val"): tp for key, _, tp in leaf_fields(Config)}
 # The settings that may change without changing the optimisation: where the data lives, how often to log, evaluate
-# and save, how many files to keep, how many loader processes, compiling, the device, the output folder.
+# and save, how many files to keep, how many loader processes and where they run, compiling, the device, the output
+# folder.
 EXPECTED_RESUMABLE = {
-    "data.root", "data.cache_dir", "data.cache_max_gb", "data.num_workers", "data.eval_batch_size",
+    "data.root", "data.cache_dir", "data.cache_max_gb", "data.num_workers", "data.eval_batch_size", "data.pipeline",
     "train.log_every", "train.eval_every",
     "train.ckpt_every", "train.keep_ckpts", "train.out_dir", "train.resume", "train.compile", "train.device",
     "evals.*.root", "evals.*.real_labels", "evals.*.every",

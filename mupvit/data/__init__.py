@@ -22,8 +22,8 @@ from mupvit.data.real_labels import load_real_labels
 from mupvit.data.stream import EvalDataset, StreamBatchSampler, StreamDataset
 from mupvit.data.transforms import EvalTransform, TrainTransform
 
-__all__ = ["DataError", "Split", "EvalSet", "build_splits", "eval_sets", "train_loader", "device_augment",
-           "eval_loader"]
+__all__ = ["DataError", "Split", "EvalSet", "build_splits", "eval_sets", "train_stream", "train_loader",
+           "device_augment", "eval_loader"]
 
 
 def data_root(cfg: Config) -> tuple[str | Path, str]:
@@ -119,16 +119,23 @@ def _randaugment(d: DataConfig) -> RandAugment | None:
     return RandAugment(d.randaug_layers, d.randaug_magnitude, d.randaug_contrast) if d.randaug_layers else None
 
 
-def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank: int = 0, world: int = 1,
-                 pin_memory: bool = False) -> DataLoader:
-    """Batches of TrainSample for steps [start_step, end_step); with data.augment_on device, uint8 crops and their
-    plans, for `device_augment` to finish."""
+def train_stream(cfg: Config, split: Split) -> StreamDataset:
+    """The train stream of `split`: position -> TrainSample, the loader's whole per-sample work (read, decode, crop,
+    and the augmentation or with data.augment_on device its plan). train_loader's workers run it, and so do
+    data.pipeline ray_data's tasks (orchestration/ray_data_input.py)."""
     d = cfg.data
     transform = TrainTransform(d.image_size, d.crop_area, d.crop_aspect, d.crop, d.flip, d.antialias,
                                _randaugment(d))
     per_sample = transform if d.augment_on == "loader" else transform.crop_and_plan
+    return StreamDataset(split, per_sample, cfg.train.seed, noting_decoder(cfg), skip_bad=d.on_bad_image == "skip")
+
+
+def train_loader(cfg: Config, split: Split, start_step: int, end_step: int, rank: int = 0, world: int = 1,
+                 pin_memory: bool = False) -> DataLoader:
+    """Batches of TrainSample for steps [start_step, end_step); with data.augment_on device, uint8 crops and their
+    plans, for `device_augment` to finish."""
     return DataLoader(
-        StreamDataset(split, per_sample, cfg.train.seed, noting_decoder(cfg), skip_bad=d.on_bad_image == "skip"),
+        train_stream(cfg, split),
         batch_sampler=StreamBatchSampler(start_step, end_step, cfg.train.batch_size, rank, world),
         **_loader_kwargs(cfg, pin_memory),
     )
