@@ -104,8 +104,8 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
                                                                                 tmp_path, reference):
     """The same command five times on one run. SIGTERM (`kill`, `ray job stop`), then Ctrl-C on the resumed run,
     each once it trains with a checkpoint of its own: exit 130 and one line, the MLflow run KILLED, its workers
-    freed. Then its driver is killed (SIGKILL). The fourth run resumes, a worker fails (cluster.fail_at_step) and
-    restarts from the checkpoint: one MLflow run, every step logged with the same values however often, and the
+    freed. Then its driver is killed (SIGKILL). The fourth run resumes; on the way a worker fails
+    (cluster.fail_at_step) and restarts from the checkpoint: one MLflow run, every step logged with the same values however often, and the
     model of an uninterrupted run, bit for bit. The fifth finds the run finished and reruns nothing."""
     _, ref = reference
     config = write_config(tmp_path, digits_root)
@@ -148,7 +148,9 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
         ray_head.wait_idle(timeout_s=60)  # its workers went with it: the head's CPUs are free
     done = orchestrate(tmp_path, config, ray_env, *sets)
     summary = summary_of(done)
-    assert "injected failure at step 18" in done.stderr
+    # A worker failed once at step 18: in the fourth run, or in the third when its workers outran the freeze (a
+    # step takes ~35 ms), and the restart then resumed there. The marker is the one-shot's record, either way.
+    assert int((storage / "injected_failure.done").read_text()) >= 18
     (run,) = runs_in(tmp_path)  # one MLflow run across the stops, the killed driver and the restart
     assert run.info.status == "FINISHED"
     history = loss_history(tmp_path, run.info.run_id)

@@ -169,11 +169,13 @@ def test_sweep_driver_killed_then_rerun_finishes_without_duplicates(ray_env, dig
 def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env, digits_root, tmp_path):
     """Each trial is a 2-worker Ray Train run inside the Tune trial (Train V2 in Tune): the bad lr is stopped
     early, and the trial after it still gets the cluster's CPUs, so the stopped trial's workers were released."""
-    steps = 8  # ASHA's one rung at step 4 (grace_period), below the trials' end
+    # ASHA's one rung at step 4 (grace_period), far below the trials' end: Tune's stop reaches a 2-worker trial
+    # a second or more after its report, and at 8 steps the stopped trial had once run to its end meanwhile.
+    steps = 40
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
                                                      "optim.lr": {"log2_grid": [-8, 1, -8]}},
                        scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
-                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps})
+                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps, "train.ckpt_every": 20})
     summary = sweep(tmp_path, path, ray_env)
     (parent,), children = runs(tmp_path)
     assert summary["trials"] == 3 and len(children) == 3 and summary["errored"] == 0
