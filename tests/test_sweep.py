@@ -175,7 +175,8 @@ def test_multi_worker_trials_release_their_workers_when_asha_stops_them(ray_env,
     path = write_sweep(tmp_path, digits_root, space={"model.width": {"grid": [32]},
                                                      "optim.lr": {"log2_grid": [-8, 1, -8]}},
                        scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
-                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps, "train.ckpt_every": 20})
+                       trial_workers=2, trial_cpus=2, overrides={"train.total_steps": steps, "train.ckpt_every": 20,
+                                                                     "train.log_every": 4})
     summary = sweep(tmp_path, path, ray_env)
     (parent,), children = runs(tmp_path)
     assert summary["trials"] == 3 and len(children) == 3 and summary["errored"] == 0
