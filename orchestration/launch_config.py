@@ -32,11 +32,13 @@ class ClusterConfig:
     keep_checkpoints: int = 2
     resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
     fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
-    # data.pipeline ray_data: the most CPUs each worker's input tasks hold at once (null: any free CPU), and a
-    # custom resource that only the nodes meant for the input offer (e.g. CPU-only nodes started with
-    # --resources='{"data_cpu": 16}'; null: any node with a free CPU).
+    # data.pipeline ray_data: the most CPUs each worker's input tasks hold at once (null: any free CPU); a custom
+    # resource that only the nodes meant for the input offer (e.g. CPU-only nodes started with
+    # --resources='{"data_cpu": 16}'); node labels they must carry (e.g. {"node-type": "cpu"} for nodes started
+    # with --labels="node-type=cpu", as KubeRay sets them per worker group). Null: any node with a free CPU.
     data_cpus: float | None = None
     data_resource: str | None = None
+    data_labels: dict[str, str] | None = None
 
 
 @dataclass
@@ -88,6 +90,10 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
     sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
     c = sections.cluster
     check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
+    for key, value in (c.data_labels or {}).items():
+        if not key or not value:
+            raise ConfigError(f"cluster.data_labels: {key!r}: {value!r}: a label selector needs a key and a value "
+                              "(as in --labels=\"node-type=cpu\")")
     if sections.tracking.run_name is not None:
         check_folder_name("tracking.run_name", sections.tracking.run_name)  # a folder under cluster.storage_path
     if "://" not in c.storage_path:

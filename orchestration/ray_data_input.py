@@ -145,20 +145,37 @@ def train_batches(cfg: Config, cluster: ClusterConfig) -> TrainBatches | None:
     ray_data_batches placed as the cluster section says."""
     if cfg.data.pipeline == "local":
         return None
-    return functools.partial(ray_data_batches, placement=Placement(cluster.data_cpus, cluster.data_resource))
+    return functools.partial(ray_data_batches, placement=Placement(cluster.data_cpus, cluster.data_resource,
+                                                                   cluster.data_labels))
+
+
+def input_node(node: dict[str, Any], c: ClusterConfig) -> bool:
+    """Whether an input task may run on `node`: it has a CPU, offers cluster.data_resource and carries every label
+    of cluster.data_labels (each unset: any node)."""
+    resources, labels = node["Resources"], node.get("Labels") or {}
+    return bool(resources.get("CPU")) and (not c.data_resource or bool(resources.get(c.data_resource))) and \
+        all(labels.get(k) == v for k, v in (c.data_labels or {}).items())
 
 
 def check_input_capacity(cfg: Config, c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
     """data.pipeline ray_data: fail within seconds where no input task could ever run (its tasks would wait forever
-    and the workers with them): no node offers cluster.data_resource, or the workers leave no CPU free."""
+    and the workers with them): no node offers cluster.data_resource and carries cluster.data_labels, or the
+    workers leave no CPU free."""
     if cfg.data.pipeline == "local":
         return
     nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
-    if c.data_resource:
-        if not any(n["Resources"].get(c.data_resource) and n["Resources"].get("CPU") for n in nodes):
-            raise ClusterError(f"cluster.data_resource: no node of the cluster offers {c.data_resource!r} and a CPU, "
-                               "so no input task of data.pipeline ray_data could run; start the input nodes with "
-                               f"--resources='{{\"{c.data_resource}\": N}}' or unset cluster.data_resource")
+    if c.data_resource or c.data_labels:
+        if not any(input_node(n, c) for n in nodes):
+            keys, flags = [], []
+            if c.data_resource:
+                keys.append("cluster.data_resource")
+                flags.append(f"--resources='{{\"{c.data_resource}\": N}}'")
+            if c.data_labels:
+                keys.append("cluster.data_labels")
+                flags.append(f"--labels=\"{','.join(f'{k}={v}' for k, v in c.data_labels.items())}\"")
+            raise ClusterError(f"{' and '.join(keys)}: no node of the cluster with a CPU matches, so no input task "
+                               f"of data.pipeline ray_data could run; start the input nodes with {' '.join(flags)} "
+                               f"or unset {' and '.join(keys)}")
         return
     cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
     if cpus - c.num_workers * c.cpus_per_worker < 1:

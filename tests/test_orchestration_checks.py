@@ -81,7 +81,14 @@ def test_unsatisfiable_requests_fail_with_what_is_missing(sets, nodes, message):
 @pytest.mark.parametrize("sets, nodes, message", [
     (["cluster.num_workers=2", "cluster.cpus_per_worker=1"], [node(2)],
      "data.pipeline ray_data: the cluster has 2 CPU, all held by cluster.num_workers=2 x 1 CPU, so no input task"),
-    (["cluster.data_resource=data_cpu"], [node(16)], "cluster.data_resource: no node of the cluster offers 'data_cpu'"),
+    (["cluster.data_resource=data_cpu"], [node(16)],
+     "cluster.data_resource: no node of the cluster with a CPU matches, so no input task of data.pipeline ray_data "
+     "could run; start the input nodes with --resources='{\"data_cpu\": N}'"),
+    (['cluster.data_labels={"node-type": "cpu"}'], [node(16), {**node(4), "Labels": {"node-type": "gpu"}}],
+     'cluster.data_labels: no node .* with --labels="node-type=cpu" or unset cluster.data_labels'),
+    (['cluster.data_labels={"node-type": "cpu"}', "cluster.data_resource=data_cpu"],
+     [{**node(4), "Labels": {"node-type": "cpu"}}, {"Alive": True, "Resources": {"CPU": 8.0, "data_cpu": 8.0}}],
+     "cluster.data_resource and cluster.data_labels: no node"),  # both on the same node, not one each
 ])
 def test_ray_data_input_without_a_cpu_fails_instead_of_waiting(sets, nodes, message):
     launch = demo("data.pipeline=ray_data", *sets)
@@ -98,6 +105,16 @@ def test_ray_data_input_with_a_spare_cpu_or_an_input_node_passes():
     check_input_capacity(launch.run, launch.cluster, [gpu_node, cpu_node])
     assert train_batches(launch.run, launch.cluster).keywords["placement"] == Placement(4, "data_cpu")
     assert train_batches(demo().run, launch.cluster) is None  # local: mupvit's own loader
+    launch = demo("data.pipeline=ray_data", 'cluster.data_labels={"node-type": "cpu"}')
+    cpu_node = {**node(16), "Labels": {"node-type": "cpu", "ray.io/node-id": "x"}}
+    check_input_capacity(launch.run, launch.cluster, [{**node(8, gpus=1), "Labels": {"node-type": "gpu"}}, cpu_node])
+    assert train_batches(launch.run, launch.cluster).keywords["placement"] == Placement(label={"node-type": "cpu"})
+
+
+@pytest.mark.parametrize("labels", ['{"node-type": ""}', '{"": "cpu"}', '["cpu"]', '{"node-type": 3}'])
+def test_a_label_selector_without_a_key_or_a_value_is_refused(labels):
+    with pytest.raises(ConfigError, match="cluster.data_labels"):
+        demo("data.pipeline=ray_data", f"cluster.data_labels={labels}")
 
 
 def test_satisfiable_requests_pass():
