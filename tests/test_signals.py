@@ -1,5 +1,6 @@
-"""orchestration.signals: a driver stopped by SIGTERM (`kill`, `ray job stop`) takes Ctrl-C's path, so the one
-end-to-end stop test of orchestration.train (SIGTERM) covers Ctrl-C too."""
+"""orchestration.signals: a driver stopped by SIGTERM (`kill`, `ray job stop`) takes Ctrl-C's path, so one signal
+per end-to-end stop test covers both: SIGTERM for orchestration.train (tests/test_orchestration.py), Ctrl-C for
+orchestration.sweep (tests/test_sweep.py)."""
 
 import subprocess
 import sys
@@ -27,3 +28,26 @@ def test_without_it_sigterm_ends_the_process_with_no_cleanup():  # the test abov
     done = subprocess.run([sys.executable, "-c", CHILD.replace("interrupt_on_sigterm()\n", "").format(sig="SIGTERM")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == -15 and "KeyboardInterrupt" not in done.stdout
+
+
+GRACEFUL = """
+import os, signal
+from orchestration.signals import stop_gracefully
+asked = []
+with stop_gracefully(lambda: asked.append(1) or True) as received:
+    os.kill(os.getpid(), signal.{sig})  # the first: asks for the stop, recorded
+    try:
+        os.kill(os.getpid(), signal.{sig})  # a second one interrupts
+    except KeyboardInterrupt:
+        print(len(asked), received == [signal.{sig}] * 2, "KeyboardInterrupt")
+"""
+
+
+def test_a_sweeps_graceful_stop_is_the_same_for_ctrl_c_and_sigterm():
+    """orchestration.sweep's stop (the sweep test stops one with Ctrl-C): the first SIGINT or SIGTERM asks for the
+    stop and is recorded; a second one raises KeyboardInterrupt."""
+    for sig in ("SIGINT", "SIGTERM"):
+        done = subprocess.run([sys.executable, "-c", GRACEFUL.format(sig=sig)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0 and done.stdout.split() == ["1", "True", "KeyboardInterrupt"], \
+            (sig, done.stdout, done.stderr[-2000:])
