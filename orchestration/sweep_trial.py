@@ -9,6 +9,7 @@ from typing import Any
 
 import ray.tune
 from mlflow.tracking import MlflowClient
+from ray.train._internal.session import get_session
 
 from orchestration.failures import FAILURE_TAG, describe_failure
 from orchestration.sweep_spec import SweepSpec
@@ -39,6 +40,9 @@ def sweep_trial(params: dict[str, Any], *, spec: SweepSpec, parent_run_id: str, 
     if before != "NEW" and FAILURE_TAG in client.get_run(run_id).data.tags:  # why an earlier attempt failed
         client.delete_tag(run_id, FAILURE_TAG)
     reporting = {"report_every": REPORT_EVERY, "metric": spec.metric, "mode": spec.mode}
+    # Tune stops a trial (ASHA, Ctrl-C) by calling its `stop`, which sets this event, then ends the trial's actor
+    # (Ray 2.60: Trainable.stop -> FunctionTrainable.cleanup -> _TrainSession.finish; no public API says it).
+    stop_requested = get_session().stop_event
     try:
         if spec.trial_workers > 1:
             # The Train run's name is the trial's, so a restored sweep resumes the trial from its Train checkpoint.
@@ -47,6 +51,10 @@ def sweep_trial(params: dict[str, Any], *, spec: SweepSpec, parent_run_id: str, 
             tracker = MlflowLogger(tracking_uri, run_id, launch=trial.sections())
             train_reported(trial.run, ray.tune, tracker=tracker, loggers=[tracker], sweep=reporting)
     except Exception as err:  # not SystemExit: Tune stops a trial (ASHA, Ctrl-C) by one, and that is no failure
+        if stop_requested.is_set():
+            # Ending a stopped multi-worker trial's actor takes its Train controller with it, and `fit` may see
+            # that death (ActorDiedError) before the stop reaches this thread: a stop, left to close_children.
+            return
         client.set_tag(run_id, FAILURE_TAG, describe_failure(err))
         client.set_terminated(run_id, "FAILED")
         raise
