@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from orchestration.launch_config import ClusterConfig
+from orchestration.launch_config import ClusterConfig, labels_arg
 from orchestration.loopback import loopback_driver, prepare_in_process_ray
 
 # A tracking server's login (MLflow's own variables), which every process of a run that logs needs.
@@ -119,10 +119,27 @@ def worker_resources(c: ClusterConfig) -> dict[str, float]:
     return {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}
 
 
+def carries(node: dict[str, Any], labels: dict[str, str] | None) -> bool:
+    """Whether a node (as ray.nodes() lists it) carries every label of `labels` (None: any node does)."""
+    have = node.get("Labels") or {}
+    return all(have.get(k) == v for k, v in (labels or {}).items())
+
+
+def label_flag(labels: dict[str, str]) -> str:
+    """The `ray start` flag that gives a node `labels`."""
+    return f'--labels="{labels_arg(labels)}"'
+
+
 def check_capacity(c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
-    """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources
-    (Ray itself would wait forever, e.g. for a GPU that does not exist)."""
+    """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources on the
+    nodes that carry cluster.worker_labels (Ray itself would wait forever, e.g. for a GPU that does not exist)."""
     nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
+    if c.worker_labels:
+        nodes = [n for n in nodes if carries(n, c.worker_labels)]
+        if not nodes:
+            raise ClusterError(f"cluster.worker_labels: no node of the cluster carries them, so no worker could "
+                               f"start; start the training nodes with {label_flag(c.worker_labels)} or unset "
+                               "cluster.worker_labels")
     per_worker = worker_resources(c)
     totals = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in per_worker}
     n = c.num_workers

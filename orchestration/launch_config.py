@@ -39,6 +39,9 @@ class ClusterConfig:
     data_cpus: float | None = None
     data_resource: str | None = None
     data_labels: dict[str, str] | None = None
+    # Node labels the training workers' nodes must carry (e.g. {"node-type": "gpu"}), so that they stay off the
+    # CPU-only input nodes; null: any node with the workers' resources.
+    worker_labels: dict[str, str] | None = None
 
 
 @dataclass
@@ -81,6 +84,23 @@ _POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_wor
 _NON_NEGATIVE = ("max_failures", "resource_wait_s")
 
 
+def check_labels(name: str, labels: dict[str, str] | None) -> None:
+    """A node label selector of exact values: the capacity checks (orchestration.cluster.carries) match values
+    exactly, so Ray's operators (!value, in(...)) are refused rather than misread."""
+    for key, value in (labels or {}).items():
+        if not value:  # (an empty key is refused by the schema)
+            raise ConfigError(f"{name}: {key!r}: {value!r}: a label selector needs a key and a value "
+                              "(as in --labels=\"node-type=cpu\")")
+        if value.startswith(("!", "in(")):
+            raise ConfigError(f"{name}: {key}: {value!r}: only exact values are supported (the label the nodes "
+                              "were started with, as in --labels=\"node-type=cpu\"), not Ray's !/in() operators")
+
+
+def labels_arg(labels: dict[str, str]) -> str:
+    """The value of `ray start --labels` that gives a node `labels`: key=value,key=value."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
 def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: Path = Path("."),
                      source: str = "") -> Launch:
     """The Launch of an experiment tree with `--set` overrides, derived values set and validated once."""
@@ -90,10 +110,8 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
     sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
     c = sections.cluster
     check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
-    for key, value in (c.data_labels or {}).items():
-        if not key or not value:
-            raise ConfigError(f"cluster.data_labels: {key!r}: {value!r}: a label selector needs a key and a value "
-                              "(as in --labels=\"node-type=cpu\")")
+    for name in ("data_labels", "worker_labels"):
+        check_labels(f"cluster.{name}", getattr(c, name))
     if sections.tracking.run_name is not None:
         check_folder_name("tracking.run_name", sections.tracking.run_name)  # a folder under cluster.storage_path
     if "://" not in c.storage_path:

@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 from orchestration.head_processes import PROC, head_processes, kill_all
+from orchestration.launch_config import labels_arg
 from orchestration.loopback import BIN, LOOPBACK_ONLY, cluster_env
 from orchestration.ports import HeadPorts
 from orchestration.ray_token import auth_headers, token_path, use_token_auth
@@ -130,10 +131,12 @@ _started: list[Head] = []  # the heads this process started and has not stopped 
 
 def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port: int = 8265,
                object_store_bytes: int = 1_000_000_000, timeout_s: float = 120.0, *, ports: HeadPorts | None = None,
-               num_gpus: int | None = None, temp_dir: str | Path | None = None, loopback_only: bool = True) -> Head:
+               num_gpus: int | None = None, temp_dir: str | Path | None = None, loopback_only: bool = True,
+               labels: dict[str, str] | None = None) -> Head:
     """`ray start --head` for 127.0.0.1; returns once the job server answers. `ports` (e.g. HeadPorts.block(base))
     replaces gcs_port / dashboard_port and sets every other port; `temp_dir` defaults to a new directory of its
-    own, which stop_head removes; loopback_only=False lets other nodes join (see cluster_env)."""
+    own, which stop_head removes; loopback_only=False lets other nodes join (see cluster_env); `labels`: the head
+    node's labels (cluster.worker_labels / data_labels select nodes by them)."""
     ports = ports or HeadPorts(gcs=gcs_port, dashboard=dashboard_port)
     own_temp_dir = temp_dir is None
     temp = Path(temp_dir or tempfile.mkdtemp(prefix=f"ray{ports.gcs}-", dir=_temp_root()))
@@ -147,6 +150,8 @@ def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port
         cmd += ["--num-cpus", str(num_cpus)]
     if num_gpus is not None:
         cmd += ["--num-gpus", str(num_gpus)]
+    if labels:
+        cmd += ["--labels", labels_arg(labels)]
     # A session of its own: the daemons `ray start` leaves behind keep it, which is how stop_head finds them.
     # RAY_ADDRESS: for Ray Train's PlacementGroupCleaner (see prepare_in_process_ray).
     env = {**cluster_env(loopback_only), **ports.env_vars(), "RAY_ADDRESS": f"127.0.0.1:{ports.gcs}"}

@@ -29,7 +29,7 @@ from mupvit.data.datasets import DataError, Split
 from mupvit.data.plan import plan_length
 from mupvit.data.stream import StreamBatchSampler, TrainSample
 from mupvit.train import TrainBatches
-from orchestration.cluster import ClusterError
+from orchestration.cluster import ClusterError, carries, label_flag
 from orchestration.launch_config import ClusterConfig
 
 BATCHES_IN_FLIGHT = 8
@@ -152,9 +152,9 @@ def train_batches(cfg: Config, cluster: ClusterConfig) -> TrainBatches | None:
 def input_node(node: dict[str, Any], c: ClusterConfig) -> bool:
     """Whether an input task may run on `node`: it has a CPU, offers cluster.data_resource and carries every label
     of cluster.data_labels (each unset: any node)."""
-    resources, labels = node["Resources"], node.get("Labels") or {}
+    resources = node["Resources"]
     return bool(resources.get("CPU")) and (not c.data_resource or bool(resources.get(c.data_resource))) and \
-        all(labels.get(k) == v for k, v in (c.data_labels or {}).items())
+        carries(node, c.data_labels)
 
 
 def check_input_capacity(cfg: Config, c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
@@ -172,7 +172,7 @@ def check_input_capacity(cfg: Config, c: ClusterConfig, nodes: list[dict[str, An
                 flags.append(f"--resources='{{\"{c.data_resource}\": N}}'")
             if c.data_labels:
                 keys.append("cluster.data_labels")
-                flags.append(f"--labels=\"{','.join(f'{k}={v}' for k, v in c.data_labels.items())}\"")
+                flags.append(label_flag(c.data_labels))
             raise ClusterError(f"{' and '.join(keys)}: no node of the cluster with a CPU matches, so no input task "
                                f"of data.pipeline ray_data could run; start the input nodes with {' '.join(flags)} "
                                f"or unset {' and '.join(keys)}")

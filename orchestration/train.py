@@ -228,8 +228,7 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
         # Its rendezvous store on loopback (one node) or the rank-0 node's address, not on every interface.
         torch_config=ClosedRendezvousConfig(backend="nccl" if c.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
-                                     resources_per_worker={"CPU": c.cpus_per_worker,
-                                                           **({"GPU": c.gpus_per_worker} if c.use_gpu else {})}),
+                                     resources_per_worker=worker_resources(c), label_selector=c.worker_labels),
         # The bucket's and MLflow's variables reach the controller and workers in the job's runtime env.
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=callbacks,
                              # A worker group that cannot start (its node lost, no other) fails the controller:

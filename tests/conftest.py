@@ -93,6 +93,20 @@ def ray_env(ray_head: Head) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def reference(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted 1-worker run of tests/test_orchestration.py's tiny config on the shared head, with the local
+    loader: (its folder, its summary). The runs that stop, fail, resume, or read through Ray Data end on its
+    parameters (tests/test_orchestration.py, tests/test_second_host.py)."""
+    from .test_orchestration import orchestrate, summary_of, write_config
+
+    folder = tmp_path_factory.mktemp("reference")
+    ray_head.wait_idle()
+    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
+                                     "tracking.run_name=ref"))
+    return folder, summary
+
+
+@pytest.fixture(scope="session")
 def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
     its summary). Compared with one worker there, and with a run that loses a host mid-run in

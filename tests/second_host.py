@@ -17,10 +17,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.head_processes import kill_all
+from orchestration.launch_config import labels_arg
 from orchestration.local_head import Head
 from orchestration.loopback import BIN, cluster_env
 from orchestration.ports import PORT_BLOCK_BASES, HeadPorts
@@ -64,6 +65,7 @@ class HostB:
     veth: str
     host_ip: str  # this machine's end of the veth: where host B reaches the head and other services
     node_ip: str  # host B's address
+    labels: dict[str, str] = field(default_factory=dict)  # its node's labels, the same on a replacement node
     process: subprocess.Popen | None = None
 
     def pids(self) -> list[int]:
@@ -117,11 +119,12 @@ def hiding_script(hide: list[Path]) -> str:
 
 
 @contextmanager
-def host_b(head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> Iterator[HostB]:
-    """Host B joined to `head` (started with loopback_only=False) with `num_cpus` CPUs; everything it made is
-    removed on the way out, and the way out fails if anything is left."""
+def host_b(head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120,
+           labels: dict[str, str] | None = None) -> Iterator[HostB]:
+    """Host B joined to `head` (started with loopback_only=False) with `num_cpus` CPUs and its node's `labels`;
+    everything it made is removed on the way out, and the way out fails if anything is left."""
     tag = f"{os.getpid() % 100000}n{next(_COUNT)}"  # unique per process and call; a veth name has <= 15 chars
-    host = HostB(f"mupvit-b{tag}", f"mvb{tag}", *free_pair())
+    host = HostB(f"mupvit-b{tag}", f"mvb{tag}", *free_pair(), labels=labels or {})
     peer = f"mvp{tag}"
     try:
         ip("netns", "add", host.netns)
@@ -146,7 +149,8 @@ def start_node(host: HostB, head: Head, hide: list[Path], num_cpus: int, timeout
     files its predecessor wrote), joined to `head`: returns once the head counts its CPUs."""
     ray = shlex.join([str(BIN / "ray"), "start", "--address", f"{host.host_ip}:{head.ports.gcs}",
                       "--node-ip-address", host.node_ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
-                      "--object-store-memory", "300000000", "--disable-usage-stats", "--block", *node_flags()])
+                      "--object-store-memory", "300000000", "--disable-usage-stats", "--block", *node_flags(),
+                      *(["--labels", labels_arg(host.labels)] if host.labels else [])])
     before = alive_cpus(head)
     host.process = subprocess.Popen(
         ["ip", "netns", "exec", host.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",

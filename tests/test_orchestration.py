@@ -68,16 +68,6 @@ def final_model(summary: dict) -> dict:
     return torch.load(Path(summary["checkpoint"]) / "checkpoint.pt", weights_only=True)["model"]
 
 
-@pytest.fixture(scope="module")
-def reference(ray_head, digits_root, tmp_path_factory):
-    """One uninterrupted 1-worker run that the other tests compare with."""
-    folder = tmp_path_factory.mktemp("reference")
-    ray_head.wait_idle()  # as ray_env does (a module's fixture cannot use that function-scoped one)
-    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
-                                     "tracking.run_name=ref"))
-    return folder, summary
-
-
 def test_paper_reference_tag_for_the_headline_recipe():
     from mupvit.config import load_config
     from mupvit.results import paper_acc1
@@ -165,22 +155,6 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
     # The same command once more: already finished, nothing reruns.
     again = orchestrate(tmp_path, config, ray_env, *sets)
     assert summary_of(again)["already_finished"] and len(runs_in(tmp_path)) == 1
-
-
-def test_ray_data_input_interrupted_and_resumed_ends_on_the_local_runs_parameters(ray_env, digits_root, tmp_path,
-                                                                                  reference):
-    """data.pipeline ray_data: the batches come from Ray Data tasks on the head's free CPU; a worker failure at step
-    6 resumes from step 4's checkpoint with a dataset that starts there, and the run ends on the parameters of the
-    uninterrupted local run, bit for bit."""
-    _, ref = reference
-    done = orchestrate(tmp_path, write_config(tmp_path, digits_root, **{"data.pipeline": "ray_data"}), ray_env,
-                       "cluster.fail_at_step=6", "tracking.run_name=raydata")
-    summary = summary_of(done)
-    assert "injected failure at step 6" in done.stderr
-    assert "[step 20/20 100.0%]" in done.stderr and "Dataset" not in done.stderr  # no Ray Data chatter
-    a, b = final_model(summary), final_model(ref)
-    for key, tensor in a.items():
-        assert torch.equal(tensor, b[key]), key
 
 
 # ---------------------------------------------------------------- bad input: fast, clear, nothing left behind

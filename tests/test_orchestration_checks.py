@@ -72,6 +72,12 @@ def test_local_store_refused_on_a_multi_node_cluster():
     (["cluster.num_workers=4", "cluster.cpus_per_worker=1"], [node(2)], "needs 4; lower cluster.num_workers"),
     (["cluster.cpus_per_worker=2"], [node(1), node(1)], "only 0 worker(s)"),
     (["cluster.num_workers=2", "cluster.cpus_per_worker=1"], [node(1), node(1, alive=False)], "has 1 CPU in all"),
+    (['cluster.worker_labels={"node-type": "gpu"}'], [node(16), {**node(4), "Labels": {"node-type": "cpu"}}],
+     'cluster.worker_labels: no node of the cluster carries them, so no worker could start; start the training '
+     'nodes with --labels="node-type=gpu"'),
+    # CPUs on the unlabelled node do not count for the workers
+    (['cluster.worker_labels={"node-type": "gpu"}', "cluster.num_workers=2", "cluster.cpus_per_worker=1"],
+     [node(16), {**node(1), "Labels": {"node-type": "gpu"}}], "has 1 CPU in all"),
 ])
 def test_unsatisfiable_requests_fail_with_what_is_missing(sets, nodes, message):
     with pytest.raises(ClusterError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -111,14 +117,21 @@ def test_ray_data_input_with_a_spare_cpu_or_an_input_node_passes():
     assert train_batches(launch.run, launch.cluster).keywords["placement"] == Placement(label={"node-type": "cpu"})
 
 
-@pytest.mark.parametrize("labels", ['{"node-type": ""}', '{"": "cpu"}', '["cpu"]', '{"node-type": 3}'])
-def test_a_label_selector_without_a_key_or_a_value_is_refused(labels):
-    with pytest.raises(ConfigError, match="cluster.data_labels"):
-        demo("data.pipeline=ray_data", f"cluster.data_labels={labels}")
+@pytest.mark.parametrize("labels, message", [
+    ('{"node-type": ""}', "needs a key and a value"), ('{"": "cpu"}', ""),
+    ('["cpu"]', ""), ('{"node-type": 3}', ""), ('{"node-type": "!cpu"}', "only exact values"),
+    ('{"node-type": "in(cpu, spot)"}', "only exact values")])
+@pytest.mark.parametrize("field", ["data_labels", "worker_labels"])
+def test_a_label_selector_without_a_key_or_a_value_or_with_an_operator_is_refused(field, labels, message):
+    with pytest.raises(ConfigError, match=f"cluster.{field}.*{message}"):
+        demo("data.pipeline=ray_data", f"cluster.{field}={labels}")
 
 
 def test_satisfiable_requests_pass():
     check_capacity(demo("cluster.num_workers=2", "cluster.cpus_per_worker=1").cluster, [node(1), node(1)])
+    trainers = {**node(2), "Labels": {"node-type": "gpu", "ray.io/node-id": "x"}}
+    launch = demo('cluster.worker_labels={"node-type": "gpu"}', "cluster.num_workers=2", "cluster.cpus_per_worker=1")
+    check_capacity(launch.cluster, [{**node(16), "Labels": {"node-type": "cpu"}}, trainers])
     check_capacity(demo("cluster.use_gpu=true", "cluster.num_workers=8", "cluster.cpus_per_worker=8").cluster,
                    [node(64, gpus=8)])
 

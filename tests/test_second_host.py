@@ -32,7 +32,7 @@ from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
 from orchestration.train_job import main as train_job_main
 from orchestration.train_job import train_job_command
 
-from .helpers import MotoServer, listeners, loopback, worker_port_bases
+from .helpers import MotoServer, freeze, listeners, loopback, thaw, worker_port_bases
 from .mlflow_server import Postgres, mlflow_server
 from .second_host import PORTS, can_make_hosts, host_b, ip, replace_node
 from .test_orchestration import STEPS, final_model, write_config
@@ -40,12 +40,16 @@ from .test_security import TASK, http_status, torch_listeners, without_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not can_make_hosts(), reason="needs root, ip and unshare")]
 BUCKET = "runs"
+# The nodes' labels, as a cloud cluster's node groups carry them: the head trains, host B is a CPU-only input node
+# (cluster.worker_labels and cluster.data_labels select them; other tests ignore them).
+TRAINING_NODE, INPUT_NODE = {"node-type": "trainer"}, {"node-type": "cpu"}
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Iterator[SimpleNamespace]:
-    """The head (host A, 1 CPU), host B (1 CPU: a 2-worker run puts one worker on each), and on this machine's end
+    """The head (host A, 1 CPU), host B (1 CPU: a 2-worker run puts one worker on each), labelled TRAINING_NODE and
+    INPUT_NODE, and on this machine's end
     of host B's veth an S3 server holding the digits dataset (mupvit.data.upload) and the team's `mlflow server`
     (tests/mlflow_server.py: PostgreSQL, basic-auth, artifacts proxied to the S3 server). The AWS variables and
     the MLflow login of this process (the driver's side) are set while the module runs, after the head started;
@@ -56,9 +60,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Iter
         stack.callback(pg.stop)
         stack.callback(pool.shutdown)  # first: a start under way ends before PostgreSQL is stopped
         starting = pool.submit(pg.start)  # initdb and pg_ctl (seconds) while the head starts
-        head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False)
+        head = start_head(num_cpus=1, num_gpus=0, ports=free_port_block(worker_port_bases()), loopback_only=False,
+                          labels=TRAINING_NODE)
         stack.callback(stop_head, head)
-        host = stack.enter_context(host_b(head))
+        host = stack.enter_context(host_b(head, labels=INPUT_NODE))
         moto = MotoServer(host.host_ip)
         moto.start()
         stack.callback(moto.stop)
@@ -225,6 +230,57 @@ def test_a_two_host_run_survives_losing_host_b_with_everything_in_the_bucket(clu
     result = json.loads(out.strip().splitlines()[-1])
     assert result["layout"] == "timm"
     assert result["val"]["acc1"] == pytest.approx(run.data.metrics["final/val/acc1"], abs=1e-6)
+
+
+def test_ray_data_input_on_the_cpu_node_reads_the_bucket_survives_losing_that_node_and_resumes_exactly(
+        cluster, reference, digits_root, tmp_path):
+    """data.pipeline ray_data on a training node and a CPU-only input node: the one worker on the head
+    (cluster.worker_labels), the input tasks on host B only (cluster.data_labels), reading the digits from the
+    bucket. A worker failure at step 6 resumes from step 4's checkpoint with a dataset that starts there; later,
+    with the worker frozen, host B dies and a fresh one takes its place: the input it had built is lost and runs
+    again there. The run ends on the parameters of the uninterrupted local run, bit for bit."""
+    _, ref = reference
+    config = bucket_config(tmp_path / "config", digits_root, **{
+        "data.pipeline": "ray_data", "cluster.num_workers": 1, "cluster.storage_path": "ray_results",
+        "cluster.worker_labels": TRAINING_NODE, "cluster.data_labels": INPUT_NODE, "cluster.fail_at_step": 6})
+    first = driver(cluster, tmp_path, config, "--set", "tracking.run_name=input_node")
+    client = MlflowClient(cluster.mlflow.url)
+
+    def trained_past(step: int) -> bool:
+        runs = mlflow_runs(cluster, "input_node")
+        return bool(runs) and any(m.step > step for m in client.get_metric_history(runs[0].info.run_id,
+                                                                                  "train/loss"))
+
+    marker = tmp_path / "ray_results" / "input_node" / "injected_failure.done"
+    wait_for("the injected failure and 4 steps after it", lambda: marker.exists() and trained_past(10), first)
+    freeze(cluster.head, "ray::RayTrainWorker")  # the steps after this one come from what host B builds next
+    try:
+        replace_node(cluster.host, cluster.head)
+    finally:
+        thaw(cluster.head, "ray::RayTrainWorker")
+    out, err = first.communicate(timeout=400)
+    assert first.returncode == 0, out[-4000:] + err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    final, expected = final_model(summary), final_model(ref)
+    for key, tensor in final.items():
+        assert torch.equal(tensor, expected[key]), key
+    # Every input task ran on host B: on the first node, and on the fresh one after it.
+    ran_on = input_task_nodes(cluster.head)
+    assert set(ran_on.values()) == {cluster.host.node_ip}, ran_on
+    assert len(ran_on) == 2, ran_on
+
+
+def input_task_nodes(head) -> dict[str, str]:
+    """{node id: node address} of the nodes where the cluster's Ray Data input tasks (step_batch) ran."""
+    def listed(kind: str) -> list[dict]:
+        done = subprocess.run([str(BIN / "ray"), "list", kind, "--address", head.dashboard_url, "--detail",
+                               "--format", "json", "--limit", "10000"], env=head.env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    address = {n["node_id"]: n["node_ip"] for n in listed("nodes")}
+    return {t["node_id"]: address[t["node_id"]] for t in listed("tasks") if "step_batch" in t["name"]}
 
 
 def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, digits_root, tmp_path):
