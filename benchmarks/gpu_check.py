@@ -4,7 +4,9 @@
           shape taking the identical step (benchmarks/train_throughput.py), and the model FLOPs utilisation (FLOPs
           of one step counted by torch's FlopCounterMode, over the card's dense bf16 peak)
   input   the train input pipeline on generated 500x375 JPEGs through the DataLoader with N workers, in both
-          data.augment_on modes (images/s of the loader alone)
+          data.augment_on modes (images/s of the loader alone); and data.pipeline ray_data on the same N cores (a
+          local Ray: Ray Data tasks, data.augment_on device): images/s, the reading process's and Ray Data's
+          coordinator's share of a core (benchmarks/ray_data_throughput.py)
   run     a short run of experiments/vit_s16_i1k_90ep.yaml (batch 1024) on the same generated JPEGs in both modes:
           images/s, the fraction of step time spent waiting for data, the peak GPU memory
 
@@ -29,12 +31,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when imported by a test
 from data_throughput import loader_rate, write_jpegs  # noqa: E402
+from ray_data_throughput import input_config, timed  # noqa: E402
 from train_throughput import compare_train_steps  # noqa: E402
 
 from mupvit.config import ModelConfig, load_config  # noqa: E402
+from mupvit.data.datasets import Split  # noqa: E402
 from mupvit.logger import RunLogger  # noqa: E402
 from mupvit.models.vit import ViT  # noqa: E402
 from mupvit.train import run  # noqa: E402
+from orchestration.cluster import connect  # noqa: E402
+from orchestration.launch_config import ClusterConfig  # noqa: E402
+from orchestration.ray_data_input import Placement, ray_data_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGENET = REPO / "experiments" / "vit_s16_i1k_90ep.yaml"
@@ -98,6 +105,23 @@ def short_run(root: Path, out: Path, mode: str, overrides: list[str]) -> dict[st
     }
 
 
+def ray_data_input(paths: list[str], cpus: int, batch: int, steps: int) -> dict[str, float]:
+    """data.pipeline ray_data's input alone on a local Ray, its tasks capped at `cpus` CPUs (augment_on device: the
+    device half is the loader's, measured above)."""
+    import ray
+
+    print(f"ray_data input: {connect(ClusterConfig())}", file=sys.stderr, flush=True)
+    try:
+        split = Split("train", ["0"], [(p, 0) for p in paths])
+        batches = ray_data_batches(input_config(cpus, batch, steps + 1, "device"), split, 0, steps + 1,
+                                   placement=Placement(cpus=cpus))
+        rate, trainer, coordinator = timed(batches, batch)  # the first batch (task start-up) not timed
+    finally:
+        ray.shutdown()
+    return {"ray_data_images_per_s": rate, "ray_data_trainer_cpu_frac": trainer,
+            "ray_data_coordinator_cpu_frac": coordinator}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
@@ -137,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         paths = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
         result["input"] = {f"{mode}_images_per_s": loader_rate(paths, args.workers, batch, 4, mode, device)
                            for mode in MODES}
+        result["input"].update(ray_data_input(paths, max(1, args.workers), batch, 4))
         result["run"] = {mode: short_run(root, Path(tmp) / "runs", mode, run_sets) for mode in MODES}
     print(json.dumps(result))
     return result

@@ -74,9 +74,12 @@ def loopback_only_gcs(address: str) -> bool:
 
 def run_env() -> dict[str, str]:
     """The variables every Ray process of a run needs that a joined cluster's nodes were started without: the
-    bucket's (every AWS_*: endpoint, credentials, region) and the MLflow server's login. The one list, for ray.init
-    (job_runtime_env) and for a submitted job's own runtime env (orchestration.train_job)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in MLFLOW_LOGIN}
+    bucket's (every AWS_*: endpoint, credentials, region) and the MLflow server's login; and Ray Data's log level
+    (WARNING unless set: data.pipeline ray_data's executor runs in Ray Data's own coordinator actors, whose INFO
+    lines, two per dataset, would reach the run's console). The one list, for ray.init (job_runtime_env) and for a
+    submitted job's own runtime env (orchestration.train_job)."""
+    return {**{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in MLFLOW_LOGIN},
+            "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}
 
 
 def job_runtime_env() -> dict[str, dict[str, str]] | None:
@@ -111,7 +114,7 @@ def connect(c: ClusterConfig) -> str:
     # address="local": a new Ray of this run's own, even when another cluster runs on this machine (plain ray.init()
     # would join that one). The dashboard serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
-             dashboard_host="127.0.0.1", logging_level="WARNING")
+             dashboard_host="127.0.0.1", logging_level="WARNING", runtime_env=job_runtime_env())
     return "a local Ray started for this run"
 
 

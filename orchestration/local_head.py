@@ -111,6 +111,14 @@ class Head:
                       if any(amount > 0 and capacity(key) for key, amount in request.bundle.items()))
         return {**held, **({"pending": pending} if pending else {})}
 
+    def cpus(self) -> float:
+        """The CPUs of the cluster's live nodes, as its GCS counts them (this head's and those that joined it)."""
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        use_token_auth()
+        return sum(u.total for u in get_cluster_status(self.address).cluster_resource_usage
+                   if u.resource_name == "CPU")
+
     def wait_idle(self, timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
         """Return once nothing holds or waits for the cluster's resources (seen twice, settle_s apart, as the
         GCS learns of a change within a fraction of a second); RuntimeError saying what is held after timeout_s."""

@@ -49,6 +49,14 @@ class HeadPorts:
                  "--min-worker-port": self.min_worker, "--max-worker-port": self.max_worker}
         return [arg for flag, port in named.items() if port is not None for arg in (flag, str(port))]
 
+    def node_flags(self) -> list[str]:
+        """flags() less the head's own ports (GCS, dashboard, client server): a worker node's `ray start` flags."""
+        flags = self.flags()
+        named = dict(zip(flags[::2], flags[1::2], strict=True))
+        for head_only in ("--port", "--dashboard-port", "--ray-client-server-port"):
+            named.pop(head_only, None)
+        return [arg for pair in named.items() for arg in pair]
+
     def env_vars(self) -> dict[str, str]:
         """The Prometheus ports of the autoscaler monitor and of the dashboard, fixed (44217, 44227) unless set
         in the environment of `ray start`."""

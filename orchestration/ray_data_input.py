@@ -35,8 +35,10 @@ from orchestration.launch_config import ClusterConfig
 BATCHES_IN_FLIGHT = 8
 MIN_BUDGET_BYTES = 32 * 2**20  # a floor, so that a tiny batch still leaves Ray Data room for a few blocks
 # Steps per dataset: a run is read as consecutive datasets of this many one-step blocks, so that a long run never
-# plans hundreds of thousands of blocks at once (the hand-over costs about one batch's latency per window).
-WINDOW_STEPS = 256
+# plans hundreds of thousands of blocks at once. Each dataset's executor is a coordinator actor whose start costs
+# about 4 s of CPU on the trainer's node (measured here): 2,048 steps amortize it (an ImageNet epoch is 1,251 steps
+# of 1,024 images), and the next window's actor starts while this one is read.
+WINDOW_STEPS = 2048
 # Per task process: the split of the dataset it serves, read from the object store once rather than once per task
 # (ImageNet's 1.28M (path, label) pairs take about a second to unpickle).
 _SPLITS: dict[str, Split] = {}
@@ -126,11 +128,10 @@ def ray_data_batches(cfg: Config, split: Split, start_step: int, end_step: int, 
     """TrainSample batches of steps [start_step, end_step) from Ray Data tasks: train_loader's batches, computed on
     the cluster (mupvit.train.run's `batches`)."""
     per_rank = cfg.train.batch_size // world
-    for first in range(start_step, end_step, WINDOW_STEPS):
-        ds = stream_dataset(cfg, split, first, min(end_step, first + WINDOW_STEPS), rank, world, placement)
+    for shard in window_shards(cfg, split, start_step, end_step, rank, world, placement):
         try:
-            for b in ds.iter_torch_batches(batch_size=per_rank, device="cpu", pin_memory=pin_memory,
-                                           prefetch_batches=2):
+            for b in shard.iter_torch_batches(batch_size=per_rank, device="cpu", pin_memory=pin_memory,
+                                              prefetch_batches=2):
                 plan = b.get("plan", torch.empty((per_rank, 0), dtype=torch.int32))
                 yield TrainSample(b["image"], b["label"], b["skipped"], plan, b["recovered"])
         except Exception as err:
@@ -138,6 +139,24 @@ def ray_data_batches(cfg: Config, split: Split, start_step: int, end_step: int, 
             if found is None:
                 raise
             raise found from None
+
+
+def window_shards(cfg: Config, split: Split, start_step: int, end_step: int, rank: int, world: int,
+                  placement: Placement) -> Iterator[ray.data.DataIterator]:
+    """The datasets of steps [start_step, end_step), WINDOW_STEPS at a time, each as the one split of one: Ray
+    Data's executor (its scheduling loop, ~10 ms of CPU per block) then runs in a coordinator actor on this node
+    rather than in the trainer's process, which only fetches the blocks (benchmarks/ray_data_throughput.py: 11% ->
+    3% of a core). The next window's coordinator is made one window ahead, so its start overlaps this one's reading."""
+    def shard(first: int) -> ray.data.DataIterator:
+        (only,) = stream_dataset(cfg, split, first, min(end_step, first + WINDOW_STEPS), rank, world,
+                                 placement).streaming_split(1)
+        return only
+
+    firsts = list(range(start_step, end_step, WINDOW_STEPS))
+    ahead = shard(firsts[0]) if firsts else None
+    for i in range(len(firsts)):
+        current, ahead = ahead, shard(firsts[i + 1]) if i + 1 < len(firsts) else None
+        yield current
 
 
 def train_batches(cfg: Config, cluster: ClusterConfig) -> TrainBatches | None:

@@ -56,12 +56,11 @@ class RayInfoFilter(logging.Filter):
 
 
 def quiet_ray_console() -> None:
-    """RayInfoFilter on the console handlers of this worker: those Ray Train set up on the root logger, and Ray
-    Data's own (data.pipeline ray_data: "Dataset ... execution finished" after each of its datasets)."""
-    for logger in (logging.getLogger(), logging.getLogger("ray.data")):
-        for handler in logger.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.addFilter(RayInfoFilter())
+    """RayInfoFilter on the console handlers Ray Train set up on this worker's root logger (Ray Data's own logger
+    is at WARNING in every process of the run: orchestration.cluster.run_env)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(RayInfoFilter())
 
 
 def fetch_checkpoint(checkpoint: ray.train.Checkpoint | None, local: Path) -> Path | None:

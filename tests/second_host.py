@@ -25,7 +25,7 @@ from orchestration.launch_config import labels_arg
 from orchestration.local_head import Head
 from orchestration.loopback import BIN, cluster_env
 from orchestration.ports import PORT_BLOCK_BASES, HeadPorts
-from orchestration.ray_token import ensure_token, use_token_auth
+from orchestration.ray_token import ensure_token
 
 # 10.213.0.0/16, /30 per host B: unlikely to clash with a real network (checked against this machine's routes).
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
@@ -87,14 +87,6 @@ def node_env(head: Head) -> dict[str, str]:
     return {**env, "RAY_AUTH_TOKEN": ensure_token()}
 
 
-def alive_cpus(head: Head) -> float:
-    """The CPUs of the cluster's live nodes, as its GCS counts them."""
-    from ray.autoscaler.v2.sdk import get_cluster_status
-
-    use_token_auth()
-    return sum(u.total for u in get_cluster_status(head.address).cluster_resource_usage if u.resource_name == "CPU")
-
-
 def hidden_folders(extra: list[Path]) -> list[Path]:
     """What host B must not see: `extra` (outside /tmp, which is hidden whole), the user's mupvit cache, /tmp."""
     cache = Path.home() / ".cache" / "mupvit"
@@ -149,15 +141,15 @@ def start_node(host: HostB, head: Head, hide: list[Path], num_cpus: int, timeout
     files its predecessor wrote), joined to `head`: returns once the head counts its CPUs."""
     ray = shlex.join([str(BIN / "ray"), "start", "--address", f"{host.host_ip}:{head.ports.gcs}",
                       "--node-ip-address", host.node_ip, "--num-cpus", str(num_cpus), "--num-gpus", "0",
-                      "--object-store-memory", "300000000", "--disable-usage-stats", "--block", *node_flags(),
+                      "--object-store-memory", "300000000", "--disable-usage-stats", "--block", *PORTS.node_flags(),
                       *(["--labels", labels_arg(host.labels)] if host.labels else [])])
-    before = alive_cpus(head)
+    before = head.cpus()
     host.process = subprocess.Popen(
         ["ip", "netns", "exec", host.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",
          f"set -e; {hiding_script(hide)}; exec {ray}"],
         env=node_env(head), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while alive_cpus(head) < before + num_cpus:
+    while head.cpus() < before + num_cpus:
         if host.process.poll() is not None:
             raise RuntimeError(f"host B's node exited ({host.process.returncode}): {host.process.stderr.read()}")
         if time.monotonic() > deadline:
@@ -165,24 +157,15 @@ def start_node(host: HostB, head: Head, hide: list[Path], num_cpus: int, timeout
         time.sleep(0.5)
 
 
-def node_flags() -> list[str]:
-    """`ray start` flags that put every port of host B's node in PORTS (less the head's own)."""
-    flags = PORTS.flags()
-    named = dict(zip(flags[::2], flags[1::2], strict=True))
-    for head_only in ("--port", "--dashboard-port", "--ray-client-server-port"):
-        named.pop(head_only)
-    return [arg for pair in named.items() for arg in pair]
-
-
 def replace_node(host: HostB, head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> None:
     """Host B's node dies (every process of host B SIGKILLed, its files gone with its mount namespace) and, once
     the head has marked it dead, a fresh node starts at the same address: a preempted machine replaced."""
-    cpus = alive_cpus(head)
+    cpus = head.cpus()
     kill_all(host.pids, "host B")
     host.process.wait(timeout=30)
     host.process.stderr.close()
     deadline = time.monotonic() + timeout_s
-    while alive_cpus(head) > cpus - num_cpus:
+    while head.cpus() > cpus - num_cpus:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the head did not mark host B's node dead within {timeout_s:g} s")
         time.sleep(0.5)

@@ -48,6 +48,7 @@ def test_gpu_check_on_cpu(tmp_path):
     assert train["mfu"] is None  # no GPU, no peak to compare with
     for mode in ("loader", "device"):
         assert result["input"][f"{mode}_images_per_s"] > 0
+    assert result["input"]["ray_data_images_per_s"] > 0 and result["input"]["ray_data_coordinator_cpu_frac"] > 0
         run = result["run"][mode]
         assert run["steps"] == 4 and 0 <= run["data_time_frac"] <= 1 and run["peak_gpu_memory_gib"] is None
     # the two augmentation modes train on identical pixels, so they end on the identical model
@@ -72,6 +73,13 @@ def test_ray_data_throughput(ray_env, tmp_path):  # the input tasks on the sessi
     result = json.loads(tiny("ray_data_throughput.py", cwd=tmp_path, env=ray_env).strip().splitlines()[-1])
     assert result["local_images_per_s"] > 0 and result["ray_data_images_per_s"] > 0
     assert result["ray_data_cost_over_local"] > 0 and 0 <= result["ray_data_trainer_cpu_frac"]
+    assert result["ray_data_coordinator_cpu_frac"] > 0  # the executor runs in Ray Data's coordinator actor
+
+
+@pytest.mark.slow
+def test_ray_data_throughput_on_cpu_nodes(tmp_path):  # a cluster of its own: a head and 2 nodes on this machine
+    result = json.loads(tiny("ray_data_throughput.py", "--nodes", "2", cwd=tmp_path).strip().splitlines()[-1])
+    assert result["1_node_images_per_s"] > 0 and result["2_nodes_images_per_s"] > 0 and result["speedup"] > 0
 
 
 @pytest.mark.slow

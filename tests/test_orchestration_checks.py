@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mupvit.config import ConfigError
-from orchestration.cluster import ClusterError, check_capacity
+from orchestration.cluster import ClusterError, check_capacity, run_env
 from orchestration.launch_config import Launch, load_launch
 from orchestration.ray_data_input import Placement, check_input_capacity, train_batches
 from orchestration.tracking import TrackingError, check_reachable, check_store_shared, tracking_uri
@@ -181,3 +181,15 @@ def test_ray_train_polls_its_workers_often_unless_the_user_says_otherwise(monkey
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
     set_ray_train_timings(demo().cluster)
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "5"
+
+
+def test_run_env_carries_the_bucket_the_mlflow_login_and_ray_datas_log_level(monkeypatch):
+    for key in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_", "RAY_DATA_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "not a login")
+    assert run_env() == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "MLFLOW_TRACKING_PASSWORD": "pw",
+                         "RAY_DATA_LOG_LEVEL": "WARNING"}  # Ray Data's INFO lines kept off the run's console
+    monkeypatch.setenv("RAY_DATA_LOG_LEVEL", "DEBUG")  # a user's own level wins
+    assert run_env()["RAY_DATA_LOG_LEVEL"] == "DEBUG"
