@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import cmdline
+
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 TINY_TESTED = {"data_throughput.py", "gpu_check.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
@@ -80,6 +82,10 @@ def test_ray_data_throughput(ray_env, tmp_path):  # the input tasks on the sessi
 def test_ray_data_throughput_on_cpu_nodes(tmp_path):  # a cluster of its own: a head and 2 nodes on this machine
     result = json.loads(tiny("ray_data_throughput.py", "--nodes", "2", cwd=tmp_path).strip().splitlines()[-1])
     assert result["1_node_images_per_s"] > 0 and result["2_nodes_images_per_s"] > 0 and result["speedup"] > 0
+    # its nodes (orchestration/local_node.py: temporary directories /tmp/rayn*) are gone with it
+    left = [pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if "/tmp/rayn" in cmdline(pid)]
+    assert not left, [cmdline(pid)[:200] for pid in left]
 
 
 @pytest.mark.slow
