@@ -147,19 +147,10 @@ def freeze(head: Head, name: str) -> None:
     """SIGSTOP the head's processes named `name` (`ray::ImplicitFunc` for Tune trials, `ray::RayTrainWorker` for
     Ray Train's workers): work signalled mid-run then cannot finish before the driver's stop reaches it, however
     loaded the machine; the stop kills them (Ray's kill is a SIGKILL once a frozen process does not answer)."""
-    signal_named(head, name, signal.SIGSTOP)
-
-
-def thaw(head: Head, name: str) -> None:
-    """SIGCONT what freeze stopped: the frozen processes go on where they were."""
-    signal_named(head, name, signal.SIGCONT)
-
-
-def signal_named(head: Head, name: str, sig: signal.Signals) -> None:
     for pid in head.processes():
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(name.encode()):
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGSTOP)
         except OSError:  # it ended meanwhile
             continue
 

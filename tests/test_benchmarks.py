@@ -15,7 +15,7 @@ from .helpers import cmdline
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 TINY_TESTED = {"data_throughput.py", "gpu_check.py", "mup_transfer.py", "ray_overhead.py", "sweep_efficiency.py",
-               "train_throughput.py", "ray_data_throughput.py"}
+               "train_throughput.py", "ray_data_throughput.py", "ray_data_demo.py"}
 
 
 def tiny(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
@@ -86,6 +86,13 @@ def test_ray_data_throughput_on_cpu_nodes(tmp_path):  # a cluster of its own: a 
     left = [pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
             if "/tmp/rayn" in cmdline(pid)]
     assert not left, [cmdline(pid)[:200] for pid in left]
+
+
+@pytest.mark.slow
+def test_ray_data_demo_on_two_nodes_matches_the_local_demo(ray_env, tmp_path):  # local: on the shared head
+    result = json.loads(tiny("ray_data_demo.py", cwd=tmp_path, env=ray_env, timeout=600).strip().splitlines()[-1])
+    assert result["parameters_identical"] and result["numbers_identical"], result
+    assert result["ray_data"]["final/val/acc1"] == result["local"]["final/val/acc1"] > 0
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from orchestration.tracking import CHECKPOINT_TAG, WEIGHTS_FILE, WEIGHTS_FOLDER
 from orchestration.train_job import main as train_job_main
 from orchestration.train_job import train_job_command
 
-from .helpers import MotoServer, freeze, listeners, loopback, thaw, worker_port_bases
+from .helpers import MotoServer, listeners, loopback, worker_port_bases
 from .mlflow_server import Postgres, mlflow_server
 from .second_host import PORTS, can_make_hosts, host_b, ip, replace_node
 from .test_orchestration import STEPS, final_model, write_config
@@ -236,28 +236,21 @@ def test_ray_data_input_on_the_cpu_node_reads_the_bucket_survives_losing_that_no
         cluster, reference, digits_root, tmp_path):
     """data.pipeline ray_data on a training node and a CPU-only input node: the one worker on the head
     (cluster.worker_labels), the input tasks on host B only (cluster.data_labels), reading the digits from the
-    bucket. A worker failure at step 6 resumes from step 4's checkpoint with a dataset that starts there; later,
-    with the worker frozen, host B dies and a fresh one takes its place: the input it had built is lost and runs
-    again there. The run ends on the parameters of the uninterrupted local run, bit for bit."""
+    bucket. A worker failure at step 6 resumes from step 4's checkpoint with a dataset that starts there; host B
+    dies with that failure and a fresh one takes its place, where the resumed input runs (the resumed worker waits
+    for it). The run ends on the parameters of the uninterrupted local run, bit for bit."""
     _, ref = reference
     config = bucket_config(tmp_path / "config", digits_root, **{
         "data.pipeline": "ray_data", "cluster.num_workers": 1, "cluster.storage_path": "ray_results",
         "cluster.worker_labels": TRAINING_NODE, "cluster.data_labels": INPUT_NODE, "cluster.fail_at_step": 6})
     first = driver(cluster, tmp_path, config, "--set", "tracking.run_name=input_node")
-    client = MlflowClient(cluster.mlflow.url)
-
-    def trained_past(step: int) -> bool:
-        runs = mlflow_runs(cluster, "input_node")
-        return bool(runs) and any(m.step > step for m in client.get_metric_history(runs[0].info.run_id,
-                                                                                  "train/loss"))
-
     marker = tmp_path / "ray_results" / "input_node" / "injected_failure.done"
-    wait_for("the injected failure and 4 steps after it", lambda: marker.exists() and trained_past(10), first)
-    freeze(cluster.head, "ray::RayTrainWorker")  # the steps after this one come from what host B builds next
-    try:
-        replace_node(cluster.host, cluster.head)
-    finally:
-        thaw(cluster.head, "ray::RayTrainWorker")
+    # The digits' tiny batches leave the input far ahead of the worker (its budget holds hundreds of them), so a
+    # node lost mid-window may have nothing left to build; lost with the failure, the resumed window's input (steps
+    # 5-20) can only run on its successor. (A loss mid-window, blocks built and not yet read, was seen rebuilt on
+    # the fresh node too; its timing cannot be forced here.)
+    wait_for("the injected failure", marker.exists, first)
+    replace_node(cluster.host, cluster.head)
     out, err = first.communicate(timeout=400)
     assert first.returncode == 0, out[-4000:] + err[-3000:]
     assert "Dataset" not in err and "SplitCoordinator" not in err, err[-3000:]  # no Ray Data chatter (run_env)
@@ -281,7 +274,9 @@ def input_task_nodes(head) -> dict[str, str]:
         return json.loads(done.stdout)
 
     address = {n["node_id"]: n["node_ip"] for n in listed("nodes")}
-    return {t["node_id"]: address[t["node_id"]] for t in listed("tasks") if "step_batch" in t["name"]}
+    # (a task the failed attempt left pending never got a node: node_id None)
+    return {t["node_id"]: address[t["node_id"]] for t in listed("tasks")
+            if "step_batch" in t["name"] and t["node_id"] is not None}
 
 
 def test_a_bucket_that_does_not_exist_is_refused_before_the_mlflow_run(cluster, digits_root, tmp_path):

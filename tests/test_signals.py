@@ -5,9 +5,12 @@ orchestration.sweep (tests/test_sweep.py)."""
 import subprocess
 import sys
 
+# Ctrl-C's handler as a terminal's foreground process has it: a shell starts background jobs (CI's, too) with SIGINT
+# ignored, and Python then leaves it ignored.
 CHILD = """
 import os, signal, time
 from orchestration.signals import interrupt_on_sigterm
+signal.signal(signal.SIGINT, signal.default_int_handler)
 interrupt_on_sigterm()
 try:
     os.kill(os.getpid(), signal.{sig})

@@ -1,0 +1,128 @@
+"""The digits demo (experiments/demo_digits.yaml) twice through orchestration.train: with the local loader on a
+local Ray (or the cluster of RAY_ADDRESS), and with data.pipeline ray_data on a 2-node cluster on this machine: a
+head of 2 CPUs labelled node-type=trainer for the worker (cluster.worker_labels) and a node of 1 CPU labelled
+node-type=cpu for the input tasks (cluster.data_labels; orchestration/local_node.py), tracked by an `mlflow server`
+on 127.0.0.1 (a cluster of several nodes refuses a local sqlite store). One JSON line: each run's final numbers and
+wall time, and whether every final number and every parameter of the two final models are bit-identical (exit 1
+if not).
+
+    python benchmarks/ray_data_demo.py            # the whole demo: ~5 + ~8 min on 2 cores
+    python benchmarks/ray_data_demo.py --tiny     # 8 steps of it: the test suite's run
+
+Ray refuses extra nodes in its single-machine mode, so this head listens beyond loopback, with token auth on
+(orchestration/loopback.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mupvit.data.digits import build_digits
+from orchestration.local_head import start_head, stop_head
+from orchestration.local_node import start_node, stop_node
+from orchestration.ports import free_port, free_port_block
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "experiments" / "demo_digits.yaml"
+TRAINER, INPUT = {"node-type": "trainer"}, {"node-type": "cpu"}
+TINY = ["train.epochs=null", "train.total_steps=8", "train.eval_every=8", "train.eval_at_epochs=[]",
+        "train.ckpt_every=8", "train.log_every=4", "optim.warmup_steps=2"]
+SERVER_START_S = 60
+
+
+def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
+    """orchestration.train of the demo in `folder`; its summary, with the run's wall time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "orchestration.train", str(DEMO),
+                           *(arg for s in sets for arg in ("--set", s))], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {folder.name} run failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "run_wall_s": time.perf_counter() - start}
+
+
+@contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with a sqlite store in `folder`; yields its URI once it answers."""
+    import requests
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                               "--default-artifact-root", str(folder / "artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server on {uri} did not answer within {SERVER_START_S} s")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def on_two_nodes(folder: Path, sets: list[str]) -> dict:
+    """The demo with ray_data on the 2-node cluster (module docstring)."""
+    print("ray_data: starting a head (the trainer's node) and a CPU node", file=sys.stderr, flush=True)
+    head = start_head(num_cpus=2, num_gpus=0, ports=free_port_block(), loopback_only=False, labels=TRAINER)
+    try:
+        node = start_node(head, 1, free_port_block(), INPUT)
+        try:
+            with mlflow_server(folder) as uri:
+                labels = [f"cluster.worker_labels={json.dumps(TRAINER)}", f"cluster.data_labels={json.dumps(INPUT)}"]
+                return train(folder, {**head.env(), "MLFLOW_TRACKING_URI": uri},
+                             [*sets, "data.pipeline=ray_data", *labels, "tracking.run_name=ray_data"])
+        finally:
+            stop_node(node)
+    finally:
+        stop_head(head)
+
+
+def final_model(summary: dict) -> dict[str, torch.Tensor]:
+    return torch.load(Path(summary["checkpoint"]) / "checkpoint.pt", weights_only=True)["model"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="8 steps of the demo (the test suite's run)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ray-data-demo-") as tmp:
+        root = build_digits(Path(tmp) / "digits")
+        sets = [f"data.root={root}", *(TINY if args.tiny else [])]
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        print(f"local: the demo on {env.get('RAY_ADDRESS', 'a local Ray')}", file=sys.stderr, flush=True)
+        local = train(Path(tmp) / "local", env, [*sets, "tracking.run_name=local"])
+        ray_data = on_two_nodes(Path(tmp) / "ray_data", sets)
+        a, b = final_model(local), final_model(ray_data)
+        identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("final/wall_s", "final/images_per_s")
+    numbers = sorted(k for k in local if k.startswith("final/") and k not in timing)
+    same_numbers = all(local[k] == ray_data.get(k) for k in numbers)
+    print(json.dumps({"local": {k: local[k] for k in [*numbers, *timing, "run_wall_s"]},
+                      "ray_data": {k: ray_data[k] for k in [*numbers, *timing, "run_wall_s"]},
+                      "numbers_identical": same_numbers, "parameters_identical": identical}))
+    return 0 if identical and same_numbers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
