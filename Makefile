@@ -9,12 +9,21 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo train-local test ui ablations bench clean
+.PHONY: demo train-local test ui ablations bench clean lock
 
-$(STAMP): pyproject.toml
+# requirements.lock: every version of a working install (`make lock` rewrites it from this venv after a pin change).
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[platform,dev]'
+	touch $(STAMP)
+
+# After a pin change in pyproject.toml: install from the pins alone, then record what was installed.
+lock:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[platform,dev]'
+	{ sed -n '1,2p' requirements.lock; $(PY) -m pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -82,20 +82,24 @@ def run_env() -> dict[str, str]:
             "RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}
 
 
-def job_runtime_env() -> dict[str, dict[str, str]] | None:
-    """run_env() for the whole job, given at ray.init: a job's runtime env reaches every task and actor it starts
-    and theirs (the data probe, Tune's trials, Ray Train's controller and workers, a trial's own TorchTrainer; Ray
-    merges env_vars with a child's own), so this one place covers them all, whichever node they land on. A submitted
-    job brings its own (train_job_env): only what it lacks is added, since ray.init refuses a key given twice."""
-    env = run_env()
+def job_runtime_env(given: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """run_env() for the whole job, given at ray.init, with the user's runtime env `given` (--runtime-env-json:
+    its env_vars win over run_env's): a job's runtime env reaches every task and actor it starts and theirs (the
+    data probe, Tune's trials, Ray Train's controller and workers, a trial's own TorchTrainer; Ray merges env_vars
+    with a child's own), so this one place covers them all, whichever node they land on. A submitted job brings its
+    own (train_job_env): only what it lacks is added, since ray.init refuses a key given twice."""
+    given = dict(given or {})
+    env = {**run_env(), **given.pop("env_vars", {})}
     if job := os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        given = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
-        env = {k: v for k, v in env.items() if k not in given}
-    return {"env_vars": env} if env else None
+        submitted = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in submitted}
+    runtime_env = {**given, **({"env_vars": env} if env else {})}
+    return runtime_env or None
 
 
-def connect(c: ClusterConfig) -> str:
-    """Join cluster.address / $RAY_ADDRESS, or start a local Ray; returns a description for the log."""
+def connect(c: ClusterConfig, runtime_env: dict[str, Any] | None = None) -> str:
+    """Join cluster.address / $RAY_ADDRESS, or start a local Ray, with job_runtime_env(runtime_env); returns a
+    description for the log."""
     if ray.is_initialized():
         return "already connected"
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' lines as plain text: no ANSI codes in logs and files
@@ -105,7 +109,8 @@ def connect(c: ClusterConfig) -> str:
         if loopback_only_gcs(address):  # a head of local_head: join it on its terms
             loopback_driver()
         try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=job_runtime_env())
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+                     runtime_env=job_runtime_env(runtime_env))
         except (ConnectionError, RuntimeError) as err:
             raise ClusterError(f"cannot connect to the Ray cluster at {address}: {err}. Start one with "
                                "`ray start --head` or fix cluster.address / RAY_ADDRESS") from err
@@ -114,7 +119,7 @@ def connect(c: ClusterConfig) -> str:
     # address="local": a new Ray of this run's own, even when another cluster runs on this machine (plain ray.init()
     # would join that one). The dashboard serves the State API that Ray Train's placement-group cleaner polls.
     ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
-             dashboard_host="127.0.0.1", logging_level="WARNING", runtime_env=job_runtime_env())
+             dashboard_host="127.0.0.1", logging_level="WARNING", runtime_env=job_runtime_env(runtime_env))
     return "a local Ray started for this run"
 
 

@@ -38,6 +38,7 @@ from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.failures import FAILURE_TAG, describe_failure
 from orchestration.launch_config import Launch, load_launch
 from orchestration.run_storage import is_bucket, ray_storage, stored_uri
+from orchestration.runtime_env import add_runtime_env_argument, parse_runtime_env
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.sweep_results import best_lr_table
 from orchestration.sweep_spec import SweepSpec, load_sweep
@@ -222,7 +223,7 @@ def restore_or_start(spec: SweepSpec, trainable: Any, storage: str, steps: int, 
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
 
-def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
+def run_sweep(spec: SweepSpec, base_dir: Path, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
     base = spec.trial_launch({}, base_dir)  # absolute storage path, as single runs
     c = base.cluster
     bucket = is_bucket(c.storage_path)
@@ -233,10 +234,10 @@ def run_sweep(spec: SweepSpec, base_dir: Path) -> dict[str, Any]:
     # One driver per sweep, locked before anything that waits, as orchestration.train locks a run: a second driver
     # is refused at once, naming the first. A bucket's lock lives in the Ray cluster: connected first.
     if bucket:
-        log(f"connecting: {connect(c)}")
+        log(f"connecting: {connect(c, runtime_env)}")
     with run_lock(c, f"sweeps/{spec.name}", f"sweep {spec.name}"):
         if not bucket:
-            log(f"connecting: {connect(c)}")
+            log(f"connecting: {connect(c, runtime_env)}")
         return sweep_locked(spec, base, uri, base_dir)
 
 
@@ -315,14 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer-to", metavar="CONFIG", help="print the full-width run with the best µP lr")
     parser.add_argument("--launch", action="store_true", help="with --transfer-to: also run it (orchestration.train)")
     add_summary_argument(parser)
+    add_runtime_env_argument(parser)
     args = parser.parse_args(argv)
     try:
+        runtime_env = parse_runtime_env(args.runtime_env)
         spec = load_sweep(args.sweep, args.overrides)
         if args.transfer_to:
             load_launch(args.transfer_to)
         if args.summary_json:  # written once the sweep is done: it must be writable before the first trial
             check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
-        result = run_sweep(spec, Path.cwd())
+        result = run_sweep(spec, Path.cwd(), runtime_env)
         failed = f" ({result['errored']} failed)" if result["errored"] else ""
         print(f"\nsweep {spec.name}: {result['trials']} trials{failed}, {result['trial_steps']} trial-steps")
         print(result["best"].to_string(index=False) if not result["best"].empty else "no trial finished")
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.launch:
                 try:
                     summary["transfer_run"] = run_experiment(load_launch(args.transfer_to, sets, Path.cwd()),
-                                                             Path.cwd())
+                                                             Path.cwd(), runtime_env)
                 except KeyboardInterrupt:
                     raise KeyboardInterrupt("the µTransfer run is stopped and marked KILLED in MLflow; run the same "
                                             "command to resume it from its last checkpoint") from None

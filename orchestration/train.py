@@ -56,6 +56,7 @@ from orchestration.run_storage import (
     ray_storage,
     stored_uri,
 )
+from orchestration.runtime_env import add_runtime_env_argument, parse_runtime_env
 from orchestration.signals import interrupt_on_sigterm
 from orchestration.tracking import TrackingError, check_store_shared, check_writable_store, open_run, tracking_uri
 from orchestration.worker import train_loop
@@ -142,8 +143,9 @@ def run_lock(c: ClusterConfig, name: str, what: str = "") -> AbstractContextMana
     return FolderLock(Path(c.storage_path) / name, what)
 
 
-def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
-    """Everything after the config was read: checks, MLflow run, Ray Train fit. Returns the summary."""
+def run_experiment(launch: Launch, base_dir: Path, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything after the config was read: checks, MLflow run, Ray Train fit, every Ray process of it in
+    `runtime_env` (--runtime-env-json) besides the run's own variables. Returns the summary."""
     c = launch.cluster
     bucket = is_bucket(c.storage_path)
     if not bucket:  # a bucket is checked on a worker node, by the data probe
@@ -155,10 +157,10 @@ def run_experiment(launch: Launch, base_dir: Path) -> dict[str, Any]:
     # the run is refused at once, naming the first, instead of waiting for it and then finding its run finished.
     # A bucket run's lock lives in the Ray cluster: connected first.
     if bucket:
-        log(f"connecting: {connect(c)}")
+        log(f"connecting: {connect(c, runtime_env)}")
     with run_lock(c, name):
         if not bucket:
-            log(f"connecting: {connect(c)}")
+            log(f"connecting: {connect(c, runtime_env)}")
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
         # FAILED, and a crash dump of Ray's threads)
         check_capacity(c)
@@ -256,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="experiment YAML, e.g. experiments/demo_digits.yaml")
     add_set_argument(parser, "cluster.num_workers=2")
     add_summary_argument(parser)
+    add_runtime_env_argument(parser)
     args = parser.parse_args(argv)
     try:
+        runtime_env = parse_runtime_env(args.runtime_env)
         launch = load_launch(args.config, args.overrides, Path.cwd())
         if args.summary_json:  # written once the run is done: it must be writable before the run starts
             check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
-        summary = run_experiment(launch, Path.cwd())
+        summary = run_experiment(launch, Path.cwd(), runtime_env)
     except INPUT_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
