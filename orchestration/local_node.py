@@ -47,16 +47,18 @@ def start_node(head: Head, num_cpus: int, ports: HeadPorts, labels: dict[str, st
            *(["--labels", labels_arg(labels)] if labels else [])]
     before = head.cpus()
     env = {k: v for k, v in {**head.env(), **ports.env_vars()}.items() if k not in LOOPBACK_ONLY}
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with open(temp / "ray_start.err", "w") as err:  # a file, not a pipe: read after a failure, never blocks
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                   start_new_session=True)
     node = LocalNode(process, temp, num_cpus, labels or {})
     deadline = time.monotonic() + timeout_s
     try:
         while head.cpus() < before + num_cpus:
             if process.poll() is not None:
-                raise RuntimeError(f"`{' '.join(cmd)}` exited ({process.returncode}): {process.stderr.read()[-2000:]}")
+                raise RuntimeError(f"`{' '.join(cmd)}` exited ({process.returncode}): {failure_text(temp)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"a node did not join {head.address} within {timeout_s:g} s")
+                raise RuntimeError(f"a node did not join {head.address} within {timeout_s:g} s: "
+                                   f"{failure_text(temp)}")
             time.sleep(0.5)
     except BaseException:
         stop_node(node)
@@ -64,9 +66,15 @@ def start_node(head: Head, num_cpus: int, ports: HeadPorts, labels: dict[str, st
     return node
 
 
+def failure_text(temp: Path) -> str:
+    """The end of what a node that did not start said: `ray start`'s stderr and its raylet's error log."""
+    said = [(temp / "ray_start.err").read_text(errors="replace")[-1500:]]
+    said += [f"{log.name}: {log.read_text(errors='replace')[-1500:]}" for log in temp.glob("session_*/logs/raylet.err")]
+    return "\n".join(said)
+
+
 def stop_node(node: LocalNode, timeout_s: float = 30.0) -> None:
     """SIGKILL every process of the node (a node lost, as far as the head can tell) and remove its directory."""
     kill_all(node.processes, f"Ray node {node.temp_dir}", timeout_s)
     node.process.wait(timeout=timeout_s)
-    node.process.stderr.close()
     shutil.rmtree(node.temp_dir, ignore_errors=True)
