@@ -31,7 +31,9 @@ def cluster_env(loopback_only: bool = True) -> dict[str, str]:
     loopback_only=False is for a head that other nodes join (Ray refuses nodes in its single-machine mode): its
     daemons then listen on the host's address too, and the token is all that keeps others out."""
     ensure_token()
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+    # Not the single-machine mode inherited from this process (a driver of a loopback-only head has it set).
+    inherited = {k: v for k, v in os.environ.items() if loopback_only or k not in LOOPBACK_ONLY}
+    return {**inherited, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
             **NO_METRICS, **(LOOPBACK_ONLY if loopback_only else {})}
 
 

@@ -24,7 +24,7 @@ from ray.dashboard.consts import DASHBOARD_METRIC_PORT
 from orchestration.cluster import loopback_only_gcs
 from orchestration.head_processes import head_processes
 from orchestration.local_head import Head
-from orchestration.loopback import LOOPBACK_ONLY
+from orchestration.loopback import LOOPBACK_ONLY, cluster_env
 from orchestration.ports import HeadPorts
 from orchestration.ray_token import auth_headers, ensure_token, token_path
 from orchestration.rendezvous import interface_of
@@ -187,3 +187,11 @@ def test_the_interface_of_an_address_is_the_one_that_holds_it():
         host_ip = probe.getsockname()[0]
     name = interface_of(host_ip)
     assert name in {n for _, n in socket.if_nameindex()}
+
+
+def test_a_head_for_other_nodes_does_not_inherit_the_single_machine_mode(monkeypatch):
+    """A driver of a loopback-only head (the suite's, a user's) has the single-machine mode in its environment; a
+    head it starts for other nodes to join must not: Ray would keep its GCS on 127.0.0.1 and refuse the nodes."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in cluster_env(loopback_only=False)
+    assert cluster_env(loopback_only=True)["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
