@@ -2,9 +2,9 @@
 local Ray (or the cluster of RAY_ADDRESS), and with data.pipeline ray_data on a 2-node cluster on this machine: a
 head of 2 CPUs labelled node-type=trainer for the worker (cluster.worker_labels) and a node of 1 CPU labelled
 node-type=cpu for the input tasks (cluster.data_labels; orchestration/local_node.py), tracked by an `mlflow server`
-on 127.0.0.1 (a cluster of several nodes refuses a local sqlite store). One JSON line: each run's final numbers and
-wall time, and whether every final number and every parameter of the two final models are bit-identical (exit 1
-if not).
+on 127.0.0.1 (dashboards.ui.serve: a cluster of several nodes refuses a local sqlite store). One JSON line: each
+run's final numbers and wall time, and whether every final number and every parameter of the two final models are
+bit-identical (exit 1 if not).
 
     python benchmarks/ray_data_demo.py            # the whole demo: ~5 + ~8 min on 2 cores
     python benchmarks/ray_data_demo.py --tiny     # 8 steps of it: the test suite's run
@@ -22,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from mlflow.tracking import MlflowClient
 
+from dashboards.ui import serve
 from mupvit.data.digits import build_digits
 from orchestration.local_head import start_head, stop_head
 from orchestration.local_node import start_node, stop_node
@@ -38,7 +38,6 @@ DEMO = REPO / "experiments" / "demo_digits.yaml"
 TRAINER, INPUT = {"node-type": "trainer"}, {"node-type": "cpu"}
 TINY = ["train.epochs=null", "train.total_steps=8", "train.eval_every=8", "train.eval_at_epochs=[]",
         "train.ckpt_every=8", "train.log_every=4", "optim.warmup_steps=2"]
-SERVER_START_S = 180  # mlflow server starts in ~10 s alone, a minute or more on a loaded 2-core machine
 
 
 def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
@@ -53,34 +52,6 @@ def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "run_wall_s": time.perf_counter() - start}
 
 
-@contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 with a sqlite store in `folder`; yields its URI once it answers."""
-    import requests
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                               "--default-artifact-root", str(folder / "artifacts")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server on {uri} did not answer within {SERVER_START_S} s")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def on_two_nodes(folder: Path, sets: list[str]) -> dict:
     """The demo with ray_data on the 2-node cluster (module docstring)."""
     print("ray_data: starting a head (the trainer's node) and a CPU node", file=sys.stderr, flush=True)
@@ -88,7 +59,10 @@ def on_two_nodes(folder: Path, sets: list[str]) -> dict:
     try:
         node = start_node(head, 1, free_port_block(), INPUT)
         try:
-            with mlflow_server(folder) as uri:
+            folder.mkdir(parents=True, exist_ok=True)
+            store = f"sqlite:///{folder / 'mlflow.db'}"
+            MlflowClient(store).search_experiments()  # creates the store, which the UI's server opens only if it exists
+            with serve(store, port=free_port()) as uri:
                 labels = [f"cluster.worker_labels={json.dumps(TRAINER)}", f"cluster.data_labels={json.dumps(INPUT)}"]
                 return train(folder, {**head.env(), "MLFLOW_TRACKING_URI": uri},
                              [*sets, "data.pipeline=ray_data", *labels, "tracking.run_name=ray_data"])

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestration.head_processes import head_processes, kill_all
@@ -27,8 +27,6 @@ class LocalNode:
 
     process: subprocess.Popen
     temp_dir: Path
-    num_cpus: int
-    labels: dict[str, str] = field(default_factory=dict)
 
     def processes(self) -> list[int]:
         """Its raylet and daemons, the workers they started and their children (orchestration/head_processes.py)."""
@@ -50,7 +48,7 @@ def start_node(head: Head, num_cpus: int, ports: HeadPorts, labels: dict[str, st
     with open(temp / "ray_start.err", "w") as err:  # a file, not a pipe: read after a failure, never blocks
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                    start_new_session=True)
-    node = LocalNode(process, temp, num_cpus, labels or {})
+    node = LocalNode(process, temp)
     deadline = time.monotonic() + timeout_s
     try:
         while head.cpus() < before + num_cpus:
