@@ -21,15 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from mupvit.config import Config, ConfigError, add_set_argument
-from orchestration.cluster import ClusterError
+from orchestration.job_server import job_client
 from orchestration.launch_config import Launch, load_launch
-from orchestration.ray_token import auth_headers, token_path
 from orchestration.tracking import check_reachable, find_run, tracking_uri
 from orchestration.train import INPUT_ERRORS, REPO, run_name
 from orchestration.train_job import train_job_command, train_job_env
@@ -79,28 +77,6 @@ def load_campaign(folder: Path, overrides: list[str], base_dir: Path) -> list[En
     # Shortest schedules first: on one cluster the 90-epoch comparisons arrive before a 300-epoch run.
     return sorted(entries, key=lambda e: (e.launch.run.train.epochs if e.launch.run.train.total_steps is None else 0.0,
                                           e.config.name))
-
-
-def job_client(address: str, timeout_s: float = 5.0) -> JobSubmissionClient:
-    """A client for the Ray job server at `address`, with this user's Ray token, or ClusterError within seconds
-    (Ray's own check has no timeout)."""
-    how = ("start a Ray head: on this machine `make demo` starts one for its run, or see the README's \"Launching\" "
-           "section (token auth, loopback only); on a cluster `ray start --head --dashboard-host 0.0.0.0` on the head "
-           "node; then pass its dashboard with --address http://<head>:8265")
-    if not address.startswith(("http://", "https://")):
-        raise ClusterError(f"--address {address!r}: expected the Ray dashboard's URL, e.g. http://127.0.0.1:8265")
-    headers = auth_headers()
-    try:
-        answer = requests.get(f"{address.rstrip('/')}/api/version", headers=headers, timeout=timeout_s)
-    except requests.RequestException as err:
-        raise ClusterError(f"no Ray job server answers at {address} ({type(err).__name__}); {how}") from None
-    if answer.status_code in (401, 403):
-        sent = "this user's Ray token" if headers else "a client without a token"
-        raise ClusterError(f"the Ray job server at {address} refuses {sent} (HTTP {answer.status_code}): put the "
-                           f"cluster's token in {token_path()} or in RAY_AUTH_TOKEN")
-    if not answer.ok:
-        raise ClusterError(f"the Ray job server at {address} answers HTTP {answer.status_code}; {how}")
-    return JobSubmissionClient(address, headers=headers)
 
 
 def active_jobs(client: JobSubmissionClient) -> dict[str, str]:

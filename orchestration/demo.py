@@ -1,4 +1,4 @@
-"""`make demo`: the digits reproduction submitted with `ray job submit` to a Ray head on this machine.
+"""`make demo`: the digits reproduction submitted as a Ray job to a Ray head on this machine.
 
 Starts a head on 127.0.0.1 unless one answers on the dashboard port, submits `python -m orchestration.train`
 with the project directory as the job's working dir, waits, stops the head if it started it and prints the
@@ -11,26 +11,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import shlex
 import sys
-import tempfile
 from pathlib import Path
 
+from ray.job_submission import JobStatus
+
 from mupvit.config import ConfigError, add_set_argument
+from orchestration.cluster import ClusterError
+from orchestration.job_server import follow_job, job_client
 from orchestration.launch_config import load_launch
 from orchestration.local_head import dashboard_url, head_running, start_head, stop_head
-from orchestration.loopback import BIN, cluster_env
-from orchestration.train_job import train_job_command, write_job_env
+from orchestration.train_job import train_job_command, train_job_env
 
 
-def submit_command(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path,
-                   env_file: Path) -> list[str]:
-    """`ray job submit` of the demo; its env_vars go in `env_file` (written here, outside the working dir), not on
-    the command line this prints, since they may hold the user's credentials."""
-    write_job_env(env_file, root, f"sqlite:///{root / 'mlflow.db'}")
+def submit_demo(root: Path, dashboard_port: int, config: str, overrides: list[str], summary: Path) -> JobStatus:
+    """Submit the demo as a Ray job (the same job as `ray job submit --working-dir . -- python -m
+    orchestration.train ...`, its env_vars passed in the request, not on a command line), follow its log on the
+    console and return its final status. Ctrl-C stops the job."""
+    client = job_client(dashboard_url(dashboard_port))
     sets = [f"cluster.storage_path={root / 'ray_results'}", *overrides]
-    return [str(BIN / "ray"), "job", "submit", "--address", dashboard_url(dashboard_port), "--working-dir", str(root),
-            "--runtime-env", str(env_file), "--", *train_job_command(config, sets, summary)]
+    entrypoint = shlex.join(train_job_command(config, sets, summary))
+    print(f"demo: job: {entrypoint}", flush=True)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
+        "working_dir": str(root), "env_vars": train_job_env(root, f"sqlite:///{root / 'mlflow.db'}")})
+    print(f"demo: submitted job {job_id}; its whole log, Ray's own lines too: ray job logs {job_id} --address "
+          f"{dashboard_url(dashboard_port)}", flush=True)
+    try:
+        return follow_job(client, job_id, sys.stdout.write)
+    except KeyboardInterrupt:
+        client.stop_job(job_id)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,20 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     started = not head_running(args.dashboard_port)
     if started:
         print(f"demo: starting a Ray head on 127.0.0.1 (dashboard {dashboard_url(args.dashboard_port)})", flush=True)
-        start_head(dashboard_port=args.dashboard_port)
+        head = start_head(dashboard_port=args.dashboard_port)
+        print(f"demo: Ray's logs: {head.temp_dir}/session_latest/logs (removed with the head at the end)", flush=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="mupvit-demo-") as folder:
-            cmd = submit_command(root, args.dashboard_port, args.config, args.overrides, summary_path,
-                                 Path(folder) / "job_env.yaml")
-            print("demo: " + " ".join(cmd), flush=True)
-            code = subprocess.run(cmd, env=cluster_env()).returncode
+        status = submit_demo(root, args.dashboard_port, args.config, args.overrides, summary_path)
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         if started:
             print("demo: stopping the Ray head it started", flush=True)
             stop_head()
-    if code != 0 or not summary_path.exists():
-        print(f"demo: the job failed (ray job submit exited {code}); its log is above", file=sys.stderr)
-        return code or 1
+    if status != JobStatus.SUCCEEDED or not summary_path.exists():
+        print(f"demo: the job ended {status.value}; its log is above", file=sys.stderr)
+        return 1
     summary = json.loads(summary_path.read_text())
     results = {k: v for k, v in summary.items() if k.startswith("acc1_at_")}
     print("\n== demo result ==")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from ray.job_submission import JobSubmissionClient
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from orchestration import campaign
+from orchestration.job_server import follow_job, housekeeping
 from orchestration.launch_config import load_launch
 from orchestration.tracking import RESOLVED_ARTIFACT, git_state, open_run, read_resolved
 from orchestration.train import REPO, run_name
@@ -133,8 +134,16 @@ def test_campaign_runs_each_config_once_as_a_ray_job(ray_head, ray_env, digits_r
     (run,) = [r for r in runs if r.data.tags["ablation"] == "recipe"]
     (job,) = [j for j in jobs.list_jobs() if j.submission_id not in jobs_before
               and (j.metadata or {}).get("mupvit_config") == "recipe.yaml"]
+    # Submitting, the client printed none of Ray's packaging lines (each step at INFO; .git and .venv left out).
+    assert "Uploading package" not in first.stderr and "ignored by default" not in first.stderr, first.stderr
     # The job's console: the project's progress lines and the result, not Ray's or MLflow's INFO chatter.
     console = jobs.get_job_logs(job.submission_id)
+    # As `make demo` follows a job: the same log less the job manager's lines and Ray Train's PreemptionWatcher note.
+    followed: list[str] = []
+    assert follow_job(jobs, job.submission_id, followed.append) == JobStatus.SUCCEEDED
+    assert "Running entrypoint for job" in console and "".join(followed) == "".join(
+        line + "\n" for line in console.splitlines() if not housekeeping(line))
+    assert not any("job_manager.py" in line or "PreemptionWatcher" in line for line in followed), followed
     assert "[step 8/8 100.0%]" in console and "final val: top-1" in console, console[-4000:]
     for chatter in ("Reporting training result", "Checkpoint successfully created", "Requesting resources",
                     "INFO mlflow"):
