@@ -56,6 +56,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class StopRequested(Exception):
+    """The run was asked to stop (`stop_requested`, e.g. a preemption notice): it saved the checkpoint of `step`,
+    the last step it trained, and ended there; resuming from that checkpoint loses no step."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        super().__init__(f"stopped on request after step {step}; checkpoint {checkpoint or '(written by rank 0)'}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
     """Refuse to resume a checkpoint whose config differs from `cfg` in a setting that changes the optimisation
     (every config key not declared `resumable`)."""
@@ -236,6 +245,22 @@ def forwards(state: RunState) -> tuple[nn.Module, nn.Module]:
     return forward, forward if state.world == 1 else torch.compile(model) if compile_ else model
 
 
+class StopVote:
+    """Whether any rank was asked to stop, agreed by all at the same step: one all-reduce of a CPU int a step in a
+    gloo group (the default group on CPU; a second one beside NCCL), so the check never waits for the device."""
+
+    def __init__(self, state: RunState, requested: Callable[[], bool]) -> None:
+        self.requested, self.world = requested, state.world
+        self.group = None if state.world == 1 or dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def agreed(self) -> bool:
+        if self.world == 1:
+            return self.requested()
+        flag = torch.tensor(int(self.requested()), dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())
+
+
 def global_count(count: int, state: RunState) -> int:
     """`count` summed over the ranks (called by every rank at the same step)."""
     if state.world == 1:
@@ -308,7 +333,7 @@ TrainBatches = Callable[..., Iterable[TrainSample]]
 
 def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None = None, *,
         device: torch.device | None = None, resume_from: str | Path | None = None,
-        batches: TrainBatches | None = None) -> dict[str, Any]:
+        batches: TrainBatches | None = None, stop_requested: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train (or resume) the run described by `cfg`; return the summary. `stop_at_step` ends the run early
     after that many steps, with a checkpoint, as a preemption would.
 
@@ -318,6 +343,8 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
     the logger (rank != 0 gets path None from `checkpoint`). `resume_from` names the checkpoint file to resume
     from instead of the newest one in train.out_dir; `device` overrides train.device. `batches` makes the train
     batches (default train_loader); data.pipeline ray_data needs one from orchestration, which has the cluster.
+    `stop_requested` is asked after every step on every rank (a preemption notice): once any rank says yes, all
+    save that step's checkpoint and raise StopRequested.
 
     Rank 0 first checks that train.out_dir is writable and locks it for the run, so a second process on the same
     folder is refused instead of pruning this one's checkpoints.
@@ -329,11 +356,11 @@ def run(cfg: Config, logger: RunLogger | None = None, stop_at_step: int | None =
                           "mupvit.train runs data.pipeline=local")
     batches = batches or train_loader
     if process_group()[0] != 0:
-        return train(cfg, logger, stop_at_step, device, resume_from, batches)
+        return train(cfg, logger, stop_at_step, device, resume_from, batches, stop_requested)
     out_dir = Path(cfg.train.out_dir).expanduser().resolve()
     check_writable(out_dir, "train.out_dir")
     with FolderLock(out_dir, "train.out_dir"):
-        return train(cfg, logger, stop_at_step, device, resume_from, batches)
+        return train(cfg, logger, stop_at_step, device, resume_from, batches, stop_requested)
 
 
 def batch_mover(device: torch.device) -> Callable[[TrainSample], TrainSample]:
@@ -380,7 +407,8 @@ def eval_point(state: RunState, step: int, loaders: dict[str, Any], forward: nn.
 
 
 def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torch.device | None,
-          resume_from: str | Path | None, batches: TrainBatches = train_loader) -> dict[str, Any]:
+          resume_from: str | Path | None, batches: TrainBatches = train_loader,
+          stop_requested: Callable[[], bool] | None = None) -> dict[str, Any]:
     """The run itself, in the order big_vision's train.py reads: setup, then step, eval and checkpoint."""
     t = cfg.train
     state = setup(cfg, device, resume_from)
@@ -399,6 +427,7 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     recovered, recovered_total = RecoveredImages(state.splits[cfg.data.train_split], warn), 0
     state.model.train()
     watch = LossWatch(state)
+    vote = StopVote(state, stop_requested) if stop_requested is not None else None
     if state.eval_pending and state.start in state.points:  # resumed where an eval failed (a bad file): it first
         eval_point(state, state.start, loaders, eval_forward, watch, logger)
         save(state, state.start, logger)
@@ -438,6 +467,10 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
             eval_point(state, done, loaders, eval_forward, watch, logger)
         if saving:
             save(state, done, logger)
+        if vote is not None and done < end and vote.agreed():
+            if not saving:
+                save(state, done, logger)
+            raise StopRequested(done, state.last_ckpt if state.rank == 0 else None)
     summary: dict[str, Any] = {
         "steps": end, "total_steps": state.steps, "finished": end == state.steps,
         "wall_s": time.perf_counter() - wall0,

@@ -28,7 +28,9 @@ class ClusterConfig:
     # Ray Train storage for checkpoints: a local folder (relative to the submit directory), a path every node
     # shares, or a bucket URI (s3://, gs://).
     storage_path: str = "ray_results"
-    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
+    # Worker failures survived by restarting from the latest checkpoint; -1: always (a spot cluster whose nodes come
+    # back). Preemptions are not counted here: Ray Train retries them always (orchestration/preemption.py).
+    max_failures: int = 2
     keep_checkpoints: int = 2
     resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
     fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
@@ -81,7 +83,7 @@ class Launch:
 
 
 _POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step", "data_cpus")
-_NON_NEGATIVE = ("max_failures", "resource_wait_s")
+_NON_NEGATIVE = ("resource_wait_s",)
 
 
 def check_labels(name: str, labels: dict[str, str] | None) -> None:
@@ -110,6 +112,9 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
     sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
     c = sections.cluster
     check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
+    if c.max_failures < -1:
+        raise ConfigError(f"cluster.max_failures: {c.max_failures}: give the worker failures to survive (0 or more), "
+                          "or -1 to restart after every one (a spot cluster)")
     for name in ("data_labels", "worker_labels"):
         check_labels(f"cluster.{name}", getattr(c, name))
     if sections.tracking.run_name is not None:

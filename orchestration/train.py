@@ -47,6 +47,7 @@ from orchestration.cluster import (
 )
 from orchestration.failures import FAILURE_TAG, StopOnInputErrors, describe_failure, not_retried
 from orchestration.launch_config import ClusterConfig, Launch, load_launch
+from orchestration.preemption import SigtermIsPreemption
 from orchestration.ray_data_input import check_input_capacity
 from orchestration.rendezvous import ClosedRendezvousConfig
 from orchestration.run_storage import (
@@ -217,7 +218,7 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
     loop_config = {"config": launch.run.to_dict(), "launch": launch.sections(), "run_id": run_id,
                    "tracking_uri": uri, "fail_at_step": c.fail_at_step,
                    "storage": f"{c.storage_path.rstrip('/')}/{name}"}
-    callbacks = [StopOnInputErrors()]
+    callbacks = [StopOnInputErrors(), SigtermIsPreemption()]
     if sweep is not None:
         from ray.tune.integration.ray_train import TuneReportCallback
 

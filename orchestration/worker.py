@@ -25,9 +25,10 @@ from mupvit.config import Config, config_from_dict
 from mupvit.errors import OutputError
 from mupvit.logger import ConsoleLogger, MultiLogger, RunLogger
 from mupvit.results import LOSS_WINDOW
-from mupvit.train import TrainingDiverged, run
+from mupvit.train import StopRequested, TrainingDiverged, run
 from orchestration.failures import NOT_RETRIED
 from orchestration.launch_config import ClusterConfig
+from orchestration.preemption import hand_over, notice_received
 from orchestration.ray_data_input import train_batches
 from orchestration.run_storage import StoredFile
 from orchestration.scratch import scratch_folder
@@ -248,7 +249,8 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
         reporter.remember(resume, stored)
         try:  # the run's own folder inside: train.out_dir has a lock of its own (mupvit.train)
             run(in_scratch(cfg, scratch / "run"), MultiLogger(*loggers, reporter, *after), device=device,
-                resume_from=resume, batches=train_batches(cfg, cluster or ClusterConfig()))
+                resume_from=resume, batches=train_batches(cfg, cluster or ClusterConfig()),
+                stop_requested=notice_received if api is ray.train else None)
             if tracker is not None and reporter.stored:
                 tracker.tag_checkpoint(f"{next(reversed(reporter.stored.values()))}/{CHECKPOINT_FILE}")
         except TrainingDiverged as err:
@@ -257,6 +259,8 @@ def train_reported(cfg: Config, api: ModuleType, *, tracker: MlflowLogger | None
             record_divergence(err, reporter, tracker, sweep["metric"], sweep["mode"])
         except NOT_RETRIED as err:  # ends the run (orchestration.failures): say where its checkpoint is kept
             raise reporter.in_storage_terms(err) from None
+        except StopRequested as stop:  # the checkpoint of its step is reported: Ray Train restarts from it
+            hand_over(stop.step, reporter.stored.get(str(stop.checkpoint), "in the run's storage"))
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mupvit.checkpoint import load_checkpoint
-from mupvit.train import run
+from mupvit.train import StopRequested, run
 from orchestration.ports import free_port
 
 from .helpers import QuietLogger, tiny_config
@@ -35,6 +35,30 @@ def worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None
                                                               "checkpoint": summary["checkpoint"]}))
     finally:
         dist.destroy_process_group()
+
+
+def stopping_worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
+    """Rank 1 alone is asked to stop, after step 5 (a SIGTERM to its process): both ranks stop there."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        logger = QuietLogger()
+        cfg = tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
+        try:
+            run(cfg, logger, stop_requested=lambda: rank == 1 and len(losses(logger)) >= 5)
+            stopped = None
+        except StopRequested as stop:
+            stopped = {"step": stop.step, "checkpoint": stop.checkpoint}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(stopped))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_of_one_rank_stops_both_at_the_same_step_with_its_checkpoint(digits_root, tmp_path):
+    mp.spawn(stopping_worker, args=(2, free_port(), str(digits_root), str(tmp_path)), nprocs=2, join=True)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["step"] == second["step"] == 5 and second["checkpoint"] is None  # rank 0 writes it
+    assert load_checkpoint(first["checkpoint"])["step"] == 5
 
 
 @pytest.fixture(scope="module")

@@ -149,8 +149,9 @@ def test_resolution_sets_devices_and_absolute_storage(tmp_path):
 def test_bad_cluster_values_fail_in_config_validation():
     with pytest.raises(ConfigError, match="cluster.num_workers: got 0"):
         demo("cluster.num_workers=0")
-    with pytest.raises(ConfigError, match="cluster.max_failures: got -1"):
-        demo("cluster.max_failures=-1")
+    with pytest.raises(ConfigError, match="cluster.max_failures: -2: give the worker failures to survive"):
+        demo("cluster.max_failures=-2")
+    assert demo("cluster.max_failures=-1").cluster.max_failures == -1  # always restart: a spot cluster
     with pytest.raises(ConfigError, match="cluster.data_cpus: got 0"):
         demo("cluster.data_cpus=0")
 

@@ -12,7 +12,7 @@ from mupvit.checkpoint import list_checkpoints, load_checkpoint
 from mupvit.config import ConfigError, ModelConfig, OptimConfig, config_from_dict
 from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
-from mupvit.train import TrainingDiverged, eval_points, main, run, train_step
+from mupvit.train import StopRequested, TrainingDiverged, eval_points, main, run, train_step
 
 from .helpers import QuietLogger, tiny_config
 
@@ -43,6 +43,25 @@ def test_exact_resume_matches_straight_run(digits_root, tmp_path):
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][idx]["exp_avg_sq"])
     assert a["stream_position"] == b["stream_position"] == 8 * 32
     assert straight["val"] == resumed["val"]
+
+
+def test_a_stop_request_saves_the_step_it_came_at_and_the_resume_loses_nothing(digits_root, tmp_path):
+    # A preemption notice after step 3, between the checkpoints of steps 4 and 8: the run saves step 3 and stops;
+    # resumed from there, it ends on the straight run's parameters, bit for bit.
+    settings = {"train.ckpt_every": 4, "train.log_every": 1}
+    straight = run(tiny_config(digits_root, tmp_path / "a", **settings), QuietLogger())
+    cfg = tiny_config(digits_root, tmp_path / "b", **settings)
+    asked = iter([False, False, True])  # asked after steps 1, 2 and 3
+    with pytest.raises(StopRequested) as stop:
+        run(cfg, QuietLogger(), stop_requested=lambda: next(asked))
+    assert stop.value.step == 3 and stop.value.checkpoint == str(list_checkpoints(tmp_path / "b")[-1])
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path / "b")] == [3]
+    logger = QuietLogger()
+    resumed = run(cfg, logger, stop_requested=lambda: False)
+    assert [step for kind, (step, v) in logger.events if kind == "metrics" and "train/loss" in v] == [4, 5, 6, 7, 8]
+    a, b = _params(straight["checkpoint"]), _params(resumed["checkpoint"])
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
 
 
 def test_resume_with_other_config_is_refused(digits_root, tmp_path):
