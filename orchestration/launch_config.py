@@ -33,6 +33,8 @@ class ClusterConfig:
     max_failures: int = 2
     keep_checkpoints: int = 2
     resource_wait_s: float = 60.0  # how long to wait for busy resources before failing (never hang)
+    # With an autoscaler: how long a run waits for the nodes its workers need (cloud GPU nodes take minutes).
+    scale_up_wait_s: float = 900.0
     fail_at_step: int | None = None  # testing aid: one worker raises once at this step (one-shot)
     # data.pipeline ray_data: the most CPUs each worker's input tasks hold at once (null: any free CPU); a custom
     # resource that only the nodes meant for the input offer (e.g. CPU-only nodes started with
@@ -83,7 +85,7 @@ class Launch:
 
 
 _POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step", "data_cpus")
-_NON_NEGATIVE = ("resource_wait_s",)
+_NON_NEGATIVE = ("resource_wait_s", "scale_up_wait_s")
 
 
 def check_labels(name: str, labels: dict[str, str] | None) -> None:

@@ -140,11 +140,13 @@ _started: list[Head] = []  # the heads this process started and has not stopped 
 def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port: int = 8265,
                object_store_bytes: int = 1_000_000_000, timeout_s: float = 120.0, *, ports: HeadPorts | None = None,
                num_gpus: int | None = None, temp_dir: str | Path | None = None, loopback_only: bool = True,
-               labels: dict[str, str] | None = None) -> Head:
+               labels: dict[str, str] | None = None, autoscaling_config: Path | None = None,
+               env: dict[str, str] | None = None) -> Head:
     """`ray start --head` for 127.0.0.1; returns once the job server answers. `ports` (e.g. HeadPorts.block(base))
     replaces gcs_port / dashboard_port and sets every other port; `temp_dir` defaults to a new directory of its
     own, which stop_head removes; loopback_only=False lets other nodes join (see cluster_env); `labels`: the head
-    node's labels (cluster.worker_labels / data_labels select nodes by them)."""
+    node's labels (cluster.worker_labels / data_labels select nodes by them); `autoscaling_config`: a cluster YAML
+    for the autoscaler that `ray start` then runs on the head (its node provider may need `env`)."""
     ports = ports or HeadPorts(gcs=gcs_port, dashboard=dashboard_port)
     own_temp_dir = temp_dir is None
     temp = Path(temp_dir or tempfile.mkdtemp(prefix=f"ray{ports.gcs}-", dir=_temp_root()))
@@ -160,9 +162,11 @@ def start_head(num_cpus: int | None = None, gcs_port: int = 6379, dashboard_port
         cmd += ["--num-gpus", str(num_gpus)]
     if labels:
         cmd += ["--labels", labels_arg(labels)]
+    if autoscaling_config is not None:
+        cmd += ["--autoscaling-config", str(autoscaling_config)]
     # A session of its own: the daemons `ray start` leaves behind keep it, which is how stop_head finds them.
     # RAY_ADDRESS: for Ray Train's PlacementGroupCleaner (see prepare_in_process_ray).
-    env = {**cluster_env(loopback_only), **ports.env_vars(), "RAY_ADDRESS": f"127.0.0.1:{ports.gcs}"}
+    env = {**cluster_env(loopback_only), **ports.env_vars(), "RAY_ADDRESS": f"127.0.0.1:{ports.gcs}", **(env or {})}
     starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     head = Head(ports, temp, starter.pid, num_cpus, num_gpus, own_temp_dir, loopback_only)

@@ -34,6 +34,7 @@ from mupvit.config import Config, ConfigError, add_set_argument, total_steps
 from mupvit.models.shapes import model_shape
 from mupvit.outputs import check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary
+from orchestration.autoscaling import scaled_for
 from orchestration.cluster import ClusterError, connect, node_count
 from orchestration.failures import FAILURE_TAG, describe_failure
 from orchestration.launch_config import Launch, load_launch
@@ -108,6 +109,14 @@ def check_room(spec: SweepSpec) -> None:
             raise ClusterError(f"max_concurrent={spec.max_concurrent} x trial_{key.lower()}s={per_trial:g} needs "
                                f"{need:g} {key}s but the cluster has {have.get(key, 0.0):g}; lower max_concurrent "
                                f"or trial_{key.lower()}s")
+
+
+def trial_bundles(spec: SweepSpec) -> list[dict[str, float]]:
+    """One bundle per worker of max_concurrent trials (a trial's workers share trial_cpus / trial_gpus), for an
+    autoscaler."""
+    w = spec.trial_workers
+    per_worker = {"CPU": spec.trial_cpus / w, **({"GPU": spec.trial_gpus / w} if spec.trial_gpus else {})}
+    return [per_worker] * (w * spec.max_concurrent)
 
 
 def results_table(df: pd.DataFrame, spec: SweepSpec, base: Config, steps: int) -> pd.DataFrame:
@@ -238,13 +247,13 @@ def run_sweep(spec: SweepSpec, base_dir: Path, runtime_env: dict[str, Any] | Non
     with run_lock(c, f"sweeps/{spec.name}", f"sweep {spec.name}"):
         if not bucket:
             log(f"connecting: {connect(c, runtime_env)}")
-        return sweep_locked(spec, base, uri, base_dir)
+        with scaled_for(lambda: check_room(spec), trial_bundles(spec), None, c.scale_up_wait_s, log):
+            return sweep_locked(spec, base, uri, base_dir)
 
 
 def sweep_locked(spec: SweepSpec, base: Launch, uri: str, base_dir: Path) -> dict[str, Any]:
     """run_sweep once connected and holding the sweep's lock: the cluster checks, the parent run, the trials."""
     interrupt_on_sigterm()  # after ray.init, whose own handler would exit at once; fit() takes both signals itself
-    check_room(spec)
     check_store_shared(uri, node_count())
     check_data_on_worker(base)
     run = base.run

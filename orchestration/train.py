@@ -36,6 +36,7 @@ from mupvit.models.weights import load_weights
 from mupvit.outputs import FolderLock, check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary
 from mupvit.train import TrainingDiverged
+from orchestration.autoscaling import can_add_nodes, scaled_for
 from orchestration.cluster import (
     ClusterError,
     check_capacity,
@@ -109,13 +110,14 @@ def check_init_from(cfg: Config) -> None:
 
 
 def check_data_on_worker(launch: Launch) -> int:
-    """The train split's size, read on a worker node by a probe holding one worker's resources; those are waited
-    for at most cluster.resource_wait_s (then a ClusterError), the reading itself is not bounded."""
+    """The train split's size, read on a worker node (one with cluster.worker_labels) by a probe holding one worker's
+    resources; those are waited for at most cluster.resource_wait_s (then a ClusterError), the reading itself is not
+    bounded."""
     c = launch.cluster
     need = worker_resources(c)
     left = wait_for_free_resources(c, log, need, "on a worker node to probe the data")
     # The bucket's variables reach the probe in the job's runtime env (cluster.job_runtime_env).
-    probe = _probe_data.options(num_cpus=c.cpus_per_worker,
+    probe = _probe_data.options(num_cpus=c.cpus_per_worker, label_selector=c.worker_labels or {},
                                 **({"num_gpus": c.gpus_per_worker} if c.use_gpu else {}))
     probe = probe.remote(launch.run.to_dict(), c.storage_path)
     start_s = max(left, PROBE_START_S)
@@ -164,11 +166,12 @@ def run_experiment(launch: Launch, base_dir: Path, runtime_env: dict[str, Any] |
             log(f"connecting: {connect(c, runtime_env)}")
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
         # FAILED, and a crash dump of Ray's threads)
-        check_capacity(c)
-        check_input_capacity(launch.run, c)
-        check_store_shared(uri, node_count())
-        check_budget(launch.run, check_data_on_worker(launch))
-        return record(launch, name, uri)
+        with scaled_for(lambda: check_capacity(c), [worker_resources(c)] * c.num_workers, c.worker_labels,
+                        c.scale_up_wait_s, log):  # an autoscaler's nodes for the workers, asked for and waited for
+            check_input_capacity(launch.run, c)
+            check_store_shared(uri, node_count())
+            check_budget(launch.run, check_data_on_worker(launch))
+            return record(launch, name, uri)
 
 
 def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
@@ -203,7 +206,9 @@ def set_ray_train_timings(c: ClusterConfig) -> None:
     """Ray Train's timings that only environment variables set (its controller reads them from the driver's)."""
     # Ray Train waits this long for a worker group's resources before its controller counts a failure (its default:
     # 60 s), so a lost node that nobody replaces fails the run after 1 + cluster.max_failures waits, not never.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{c.resource_wait_s:g}"
+    # With an autoscaler, a restart may wait for a new node, as the run's start did (cluster.scale_up_wait_s).
+    start_s = max(c.resource_wait_s, c.scale_up_wait_s) if can_add_nodes() else c.resource_wait_s
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{start_s:g}"
     # Each ray.train.report waits until the controller has collected the one before (a queue of one, polled every
     # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): at Ray's default every eval and checkpoint after the
     # first stalls the workers up to 2 s. A poll is one small RPC a worker; the user's own setting wins.
