@@ -7,7 +7,10 @@ import json
 import os
 import re
 import signal
+import subprocess
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,6 +156,18 @@ def freeze(head: Head, name: str) -> None:
                 os.kill(pid, signal.SIGSTOP)
         except OSError:  # it ended meanwhile
             continue
+
+
+@contextmanager
+def ended_at_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """`process` (a session leader: start_new_session=True), SIGKILLed with its whole group if it still runs when the
+    block ends, however it ends."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def cmdline(pid: int) -> str:

@@ -73,6 +73,9 @@ def test_the_rayjob_runs_the_readmes_reproduction_on_the_image():
     assert {c["image"] for g in groups for c in g["template"]["spec"]["containers"]} == {IMAGE}
     labels = {g["groupName"]: g["rayStartParams"].get("labels") for g in cluster["workerGroupSpecs"]}
     assert labels == {"gpu": "node-type=gpu", "cpu": "node-type=cpu"}  # README's worker_labels / data_labels
+    # From zero nodes, started by the v2 autoscaler (the one that honours the labels the run asks for).
+    assert cluster["enableInTreeAutoscaling"] and cluster["autoscalerOptions"]["version"] == "v2"
+    assert all(g["minReplicas"] == 0 for g in cluster["workerGroupSpecs"])
 
 
 def test_the_cluster_file_passes_rays_validation_and_runs_the_image():
@@ -85,6 +88,8 @@ def test_the_cluster_file_passes_rays_validation_and_runs_the_image():
     assert types["head"]["resources"] == {"CPU": 0}  # the head trains nothing
     assert {name: t.get("labels") for name, t in types.items() if name != "head"} == \
         {"gpu": {"node-type": "gpu"}, "cpu": {"node-type": "cpu"}}
+    assert all(t["min_workers"] == 0 for name, t in types.items() if name != "head")
+    assert any("RAY_enable_autoscaler_v2=1 ray start --head" in c for c in config["head_start_ray_commands"])
     broken = {**config, "available_node_types": {**types, "cpu": {**types["cpu"], "labelz": {}}}}
     with pytest.raises(Exception, match="labelz"):  # the validation is real: a misspelt key fails it
         validate_config(prepare_config(broken))

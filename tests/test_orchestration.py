@@ -18,7 +18,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .helpers import freeze, tiny_experiment
+from .helpers import ended_at_exit, freeze, tiny_experiment
 from .test_security import assert_run_on_loopback
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,10 +108,10 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
     for sig in (signal.SIGTERM, signal.SIGKILL):
         before = set(storage.glob("checkpoint_*"))
         with open(tmp_path / f"driver_{sig.name}.err", "w+") as err:
-            driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config),
-                                       *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-            try:
+            with ended_at_exit(subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config),
+                                                 *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, env=env,
+                                                stdout=subprocess.DEVNULL, stderr=err,
+                                                start_new_session=True)) as driver:
                 deadline = time.monotonic() + 240
                 while not set(storage.glob("checkpoint_*")) - before:  # training, with a checkpoint of this driver's
                     assert driver.poll() is None, f"the driver ended before {sig.name}"
@@ -125,10 +125,6 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
                 else:
                     driver.send_signal(sig)
                 driver.wait(timeout=120)
-            finally:
-                if driver.poll() is None:
-                    os.killpg(driver.pid, signal.SIGKILL)
-                    driver.wait()
             err.seek(0)
             stderr = err.read()
         if sig == signal.SIGKILL:

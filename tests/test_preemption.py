@@ -17,7 +17,7 @@ import torch
 
 from mupvit.outputs import HOLDER_NAME
 
-from .helpers import cmdline, freeze
+from .helpers import cmdline, ended_at_exit, freeze
 from .test_orchestration import STEPS, final_model, loss_history, runs_in, summary_of, write_config
 
 pytestmark = pytest.mark.slow
@@ -61,10 +61,9 @@ def test_a_sigterm_to_a_worker_saves_its_step_and_the_run_resumes_there_as_if_ne
     sets = ["cluster.num_workers=2", "cluster.max_failures=0", "tracking.run_name=preempted"]
     env = {**ray_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     with open(tmp_path / "driver.err", "w+") as err, open(tmp_path / "driver.out", "w+") as out:
-        driver = subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config),
-                                   *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, env=env,
-                                  stdout=out, stderr=err, start_new_session=True)
-        try:
+        with ended_at_exit(subprocess.Popen([sys.executable, "-m", "orchestration.train", str(config),
+                                             *(arg for s in sets for arg in ("--set", s))], cwd=tmp_path, env=env,
+                                            stdout=out, stderr=err, start_new_session=True)) as driver:
             rank0 = int(wait_for(lambda: re.search(r"\(RayTrainWorker pid=(\d+)\)", err.seek(0) or err.read()),
                                  "worker line")[1])
             console = wait_for(lambda: rank0_console(rank0), "rank 0's console log")
@@ -79,10 +78,6 @@ def test_a_sigterm_to_a_worker_saves_its_step_and_the_run_resumes_there_as_if_ne
                 os.kill(pid, signal.SIGCONT)
             driver.wait(timeout=300)
             rest_s = time.monotonic() - signalled
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait()
         err.seek(0)
         stderr = err.read()
         out.seek(0)

@@ -19,7 +19,7 @@ from mupvit.config import ConfigError
 from orchestration.sweep import search_algorithm, tune_space
 from orchestration.sweep_spec import load_sweep
 
-from .helpers import freeze, tiny_experiment
+from .helpers import ended_at_exit, freeze, tiny_experiment
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16
@@ -215,9 +215,9 @@ def test_ctrl_c_then_a_killed_driver_and_the_same_command_resumes_the_sweep(ray_
     for sig, ready in stops:
         out, err = (open(tmp_path / f"driver_{sig.name}.{kind}", "w+") for kind in ("out", "err"))  # never a full pipe
         with out, err:
-            driver = subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)], cwd=tmp_path, env=env,
-                                      stdout=out, stderr=err, start_new_session=True)
-            try:
+            with ended_at_exit(subprocess.Popen([sys.executable, "-m", "orchestration.sweep", str(path)],
+                                                cwd=tmp_path, env=env, stdout=out, stderr=err,
+                                                start_new_session=True)) as driver:
                 deadline = time.monotonic() + 240
                 while not ready(children()):
                     assert driver.poll() is None, f"the sweep ended before {sig.name}"
@@ -226,10 +226,6 @@ def test_ctrl_c_then_a_killed_driver_and_the_same_command_resumes_the_sweep(ray_
                 freeze(ray_head, "ray::ImplicitFunc")
                 os.killpg(driver.pid, sig)  # Ctrl-C reaches the terminal's whole process group
                 driver.wait(timeout=120)
-            finally:
-                if driver.poll() is None:
-                    os.killpg(driver.pid, signal.SIGKILL)
-                    driver.wait()
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
