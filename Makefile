@@ -37,7 +37,7 @@ train-local: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 3 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (Ctrl-C stops it).
 PORT ?= 5000

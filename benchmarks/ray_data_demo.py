@@ -7,7 +7,7 @@ run's final numbers and wall time, and whether every final number and every para
 bit-identical (exit 1 if not).
 
     python benchmarks/ray_data_demo.py            # the whole demo: ~5 + ~8 min on 2 cores
-    python benchmarks/ray_data_demo.py --tiny     # 8 steps of it: the test suite's run
+    python benchmarks/ray_data_demo.py --tiny     # 8 steps of it, both on the cluster of RAY_ADDRESS: the suite's
 
 Ray refuses extra nodes in its single-machine mode, so this head listens beyond loopback, with token auth on
 (orchestration/loopback.py).
@@ -36,8 +36,9 @@ from orchestration.ports import free_port, free_port_block
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "experiments" / "demo_digits.yaml"
 TRAINER, INPUT = {"node-type": "trainer"}, {"node-type": "cpu"}
+# One CPU a worker: on the suite's head of 2 CPUs the other is the input's.
 TINY = ["train.epochs=null", "train.total_steps=8", "train.eval_every=8", "train.eval_at_epochs=[]",
-        "train.ckpt_every=8", "train.log_every=4", "optim.warmup_steps=2"]
+        "train.ckpt_every=8", "train.log_every=4", "optim.warmup_steps=2", "cluster.cpus_per_worker=1"]
 
 
 def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
@@ -78,7 +79,9 @@ def final_model(summary: dict) -> dict[str, torch.Tensor]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="8 steps of the demo (the test suite's run)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="8 steps of the demo, both runs on the cluster of RAY_ADDRESS, no second node (the test "
+                             "suite's smoke run: the 2-node cluster alone takes a minute or two to start there)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ray-data-demo-") as tmp:
         root = build_digits(Path(tmp) / "digits")
@@ -86,7 +89,8 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         print(f"local: the demo on {env.get('RAY_ADDRESS', 'a local Ray')}", file=sys.stderr, flush=True)
         local = train(Path(tmp) / "local", env, [*sets, "tracking.run_name=local"])
-        ray_data = on_two_nodes(Path(tmp) / "ray_data", sets)
+        ray_data = (train(Path(tmp) / "ray_data", env, [*sets, "data.pipeline=ray_data", "tracking.run_name=ray_data"])
+                    if args.tiny else on_two_nodes(Path(tmp) / "ray_data", sets))
         a, b = final_model(local), final_model(ray_data)
         identical = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     timing = ("final/wall_s", "final/images_per_s")

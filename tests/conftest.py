@@ -22,8 +22,7 @@ if TYPE_CHECKING:  # orchestration needs the platform extras: imported by the fi
 SHARED_HEAD_CPUS = 2
 
 
-# `make test` runs the suite in three pytest-xdist workers (--dist loadgroup; most of a test waits, for Ray or a
-# subprocess, so three share two cores well). Tests that share an expensive module-
+# `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Tests that share an expensive module-
 # or session-scoped fixture run in one worker, so it is built once and not once per worker.
 SHARED_FIXTURE_GROUPS = {
     "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "cluster": "orchestrated-runs",

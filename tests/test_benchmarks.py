@@ -79,13 +79,7 @@ def test_ray_data_throughput(ray_env, tmp_path):  # the input tasks on the sessi
     assert result["ray_data_coordinator_cpu_frac"] >= 0 and result["ray_data_trainer_cpu_frac"] >= 0
 
 
-# The two benchmarks that start nodes on this machine (orchestration/local_node.py) run one after the other: the
-# first checks that none of its nodes is left, which the other's would fail.
-LOCAL_NODES = pytest.mark.xdist_group("local-nodes")
-
-
 @pytest.mark.slow
-@LOCAL_NODES
 def test_ray_data_throughput_on_cpu_nodes(tmp_path):  # a cluster of its own: a head and 2 nodes on this machine
     result = json.loads(tiny("ray_data_throughput.py", "--nodes", "2", cwd=tmp_path).strip().splitlines()[-1])
     assert result["1_node_images_per_s"] > 0 and result["2_nodes_images_per_s"] > 0 and result["speedup"] > 0
@@ -96,8 +90,7 @@ def test_ray_data_throughput_on_cpu_nodes(tmp_path):  # a cluster of its own: a 
 
 
 @pytest.mark.slow
-@LOCAL_NODES
-def test_ray_data_demo_on_two_nodes_matches_the_local_demo(ray_env, tmp_path):  # local: on the shared head
+def test_ray_data_demo_matches_the_local_demo(ray_env, tmp_path):  # --tiny: both runs on the shared head
     result = json.loads(tiny("ray_data_demo.py", cwd=tmp_path, env=ray_env, timeout=600).strip().splitlines()[-1])
     assert result["parameters_identical"] and result["numbers_identical"], result
     assert result["ray_data"]["final/val/acc1"] == result["local"]["final/val/acc1"] > 0
