@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mupvit.checkpoint import load_checkpoint
+from mupvit.config import Config
 from mupvit.train import StopRequested, run
 from orchestration.ports import free_port
 
@@ -24,34 +27,35 @@ def losses(logger: QuietLogger) -> list[float]:
     return [v["train/loss"] for kind, (step, v) in logger.events if kind == "metrics" and "train/loss" in v]
 
 
-def worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
+@contextmanager
+def rank_of(rank: int, world: int, port: int, digits_root: str, out: str) -> Iterator[Config]:
+    """A spawned rank's gloo process group (one thread) and the run's config, world ranks of B/world each."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        logger = QuietLogger()
-        cfg = tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
-        summary = run(cfg, logger)
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses(logger), "val": summary["val"],
-                                                              "checkpoint": summary["checkpoint"]}))
+        yield tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
     finally:
         dist.destroy_process_group()
 
 
+def worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
+    with rank_of(rank, world, port, digits_root, out) as cfg:
+        logger = QuietLogger()
+        summary = run(cfg, logger)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses(logger), "val": summary["val"],
+                                                              "checkpoint": summary["checkpoint"]}))
+
+
 def stopping_worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
     """Rank 1 alone is asked to stop, after step 5 (a SIGTERM to its process): both ranks stop there."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
+    with rank_of(rank, world, port, digits_root, out) as cfg:
         logger = QuietLogger()
-        cfg = tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
         try:
             run(cfg, logger, stop_requested=lambda: rank == 1 and len(losses(logger)) >= 5)
             stopped = None
         except StopRequested as stop:
             stopped = {"step": stop.step, "checkpoint": stop.checkpoint}
         Path(out, f"rank{rank}.json").write_text(json.dumps(stopped))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_a_stop_asked_of_one_rank_stops_both_at_the_same_step_with_its_checkpoint(digits_root, tmp_path):
