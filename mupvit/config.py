@@ -145,6 +145,10 @@ class TrainConfig:
     batch_size: int = 1024  # global batch = per-device batch x devices x accum_steps
     devices: int = 1
     accum_steps: int = 1
+    # An elastic run (orchestration's cluster.num_workers: [min, max]) goes on with any device count from
+    # min_devices to devices: the same global batch (accum_steps, given for `devices`, grows as devices shrink), the
+    # same samples and the same MixUp pairs (mixed within each 1/devices of the batch). None: exactly `devices`.
+    min_devices: int | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = resumable(False)
     device: Literal["auto", "cpu", "cuda"] = resumable("auto")
@@ -332,7 +336,7 @@ def total_steps(cfg: Config, num_train: int | None = None) -> int:
 # Numbers that must be > 0 (None passes: an unset optional), and those that must be >= 0.
 _POSITIVE = ("data.image_size", "data.eval_resize", "data.max_image_pixels", "optim.lr", "optim.eps",
              "optim.clip_norm", "train.batch_size",
-             "train.devices", "train.accum_steps",
+             "train.devices", "train.accum_steps", "train.min_devices",
              "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts", "train.epochs",
              "train.total_steps", "data.num_train_examples", "data.eval_batch_size", "data.cache_max_gb")
 _NON_NEGATIVE = ("train.seed", "data.minival_seed", "optim.weight_decay", "optim.warmup_steps", "data.num_workers",
@@ -403,6 +407,32 @@ def _check_numbers(cfg: Config) -> None:
             raise ConfigError(f"{key}: got {beta}, expected 0 <= beta < 1")
 
 
+def accum_steps_at(t: TrainConfig, devices: int) -> int:
+    """The micro-batches each of `devices` devices takes per step, so that the global batch and its micro-batch
+    stay those of train.devices x train.accum_steps (an elastic run with fewer devices)."""
+    return t.devices * t.accum_steps // devices
+
+
+def _check_elastic(t: TrainConfig) -> None:
+    """Every device count of an elastic run must split the global batch's micro-batches evenly."""
+    if t.min_devices is None:
+        return
+    if t.min_devices > t.devices:
+        raise ConfigError(f"train.min_devices: {t.min_devices} is more than train.devices ({t.devices}); an elastic "
+                          "run goes on with min_devices to devices devices")
+    micro_batches = t.devices * t.accum_steps
+    uneven = [n for n in range(t.min_devices, t.devices + 1) if micro_batches % n]
+    if uneven:
+        counts = math.lcm(*range(t.min_devices, t.devices + 1))
+        raise ConfigError(
+            f"train.min_devices: an elastic run of {t.min_devices} to {t.devices} devices (cluster.num_workers: "
+            f"[{t.min_devices}, {t.devices}]) cannot split the "
+            f"{micro_batches} micro-batches of a step (train.devices x train.accum_steps) evenly over "
+            f"{', '.join(map(str, uneven))} device(s); set train.accum_steps to a multiple of "
+            f"{counts // math.gcd(counts, t.devices)}, or narrow the range"
+        )
+
+
 def _check_budget(cfg: Config, num_train: int | None) -> None:
     """Steps, warmup and epoch-equivalents, as far as the train-set size is known."""
     o, t = cfg.optim, cfg.train
@@ -413,6 +443,7 @@ def _check_budget(cfg: Config, num_train: int | None) -> None:
             f"train.batch_size: {t.batch_size} is not divisible by train.devices x train.accum_steps "
             f"= {t.devices} x {t.accum_steps}; choose a batch that splits evenly"
         )
+    _check_elastic(t)
     n = num_train if num_train is not None else cfg.data.num_train_examples
     if t.total_steps is None and n is None:
         return  # the step checks run again once the dataset is loaded

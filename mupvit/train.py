@@ -26,6 +26,7 @@ from mupvit.checkpoint import checkpoint_path, load_checkpoint, load_latest_vali
 from mupvit.config import (
     Config,
     ConfigError,
+    accum_steps_at,
     add_set_argument,
     changed_settings,
     check_budget,
@@ -35,7 +36,7 @@ from mupvit.config import (
 )
 from mupvit.data import DataError, EvalSet, build_splits, device_augment, eval_loader, eval_sets, train_loader
 from mupvit.data.datasets import worker_message
-from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
+from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy, rolled_within
 from mupvit.data.prefetch import DevicePrefetcher
 from mupvit.data.stream import RecoveredImages, TrainSample
 from mupvit.device import device_memory, resolve_device
@@ -79,15 +80,15 @@ def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
 
 def train_step(model: nn.Module, optimizer: BigVisionAdam, images: torch.Tensor, labels: torch.Tensor,
                step: int, accum_steps: int, clip_norm: float | None, precision: str,
-               mixup: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+               mixup: float | None = None, mixup_groups: int = 1) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimiser update over a batch cut into `accum_steps` micro-batches; the summed gradients of
     loss/accum_steps equal the full batch's gradient. `mixup` is the batch's MixUp coefficient, applied to the
-    whole batch before it is cut. Returns (loss, grad norm before clipping, lr); loss and norm are 0-dim tensors
-    on the device, so that the step never waits for it."""
+    whole batch (each of its `mixup_groups` parts apart) before it is cut. Returns (loss, grad norm before
+    clipping, lr); loss and norm are 0-dim tensors on the device, so that the step never waits for it."""
     device_type = images.device.type
-    rolled = labels.roll(1, dims=0)
+    rolled = rolled_within(labels, mixup_groups)
     if mixup is not None:
-        images = mix_images(images, mixup)
+        images = mix_images(images, mixup, mixup_groups)
     loss_sum = torch.zeros((), device=images.device)
     chunks = zip(images.chunk(accum_steps), labels.chunk(accum_steps), rolled.chunk(accum_steps), strict=True)
     for x, y, y_rolled in chunks:
@@ -159,9 +160,11 @@ def setup(cfg: Config, device: torch.device | None, resume_from: str | Path | No
     """Data, model and optimiser for `cfg`, restored from a checkpoint when resuming."""
     t = cfg.train
     rank, world = process_group()
-    if t.devices != world:
+    fewest = t.devices if t.min_devices is None else t.min_devices
+    if not fewest <= world <= t.devices:
+        wanted = t.devices if t.min_devices is None else f"{fewest} to {t.devices} (train.min_devices to devices)"
         raise ConfigError(
-            f"train.devices: {t.devices}, but this process group has {world} process(es); mupvit.train runs "
+            f"train.devices: {wanted}, but this process group has {world} process(es); mupvit.train runs "
             "one process (use orchestration.train, which sets train.devices, for data-parallel runs)"
         )
     device = device or resolve_device(t.device)
@@ -379,7 +382,8 @@ def run_info(state: RunState) -> dict[str, Any]:
     n_train = len(state.splits[cfg.data.train_split])
     return {**dataclasses.asdict(model_shape(cfg.model)), "parametrization": p.name, "width_mult": p.width_mult,
             "total_steps": state.steps, "epochs": state.steps * cfg.train.batch_size / n_train,
-            "train_images": n_train, "devices": state.world, "device": str(state.device),
+            "train_images": n_train, "devices": state.world,
+            "accum_steps": accum_steps_at(cfg.train, state.world), "device": str(state.device),
             "start_step": state.start, "resumed_from": state.last_ckpt, "out_dir": str(state.out_dir)}
 
 
@@ -428,6 +432,9 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
     state.model.train()
     watch = LossWatch(state)
     vote = StopVote(state, stop_requested) if stop_requested is not None else None
+    # With fewer devices than train.devices (an elastic run), each takes more micro-batches and mixes each
+    # device's share of train.devices apart: the same global batch, samples and MixUp pairs.
+    accum_steps, mixup_groups = accum_steps_at(t, state.world), t.devices // state.world
     if state.eval_pending and state.start in state.points:  # resumed where an eval failed (a bad file): it first
         eval_point(state, state.start, loaders, eval_forward, watch, logger)
         save(state, state.start, logger)
@@ -441,9 +448,9 @@ def train(cfg: Config, logger: RunLogger, stop_at_step: int | None, device: torc
         skipped += int(passed_over.sum())
         recovered.add(recovered_files)
         fetched = time.perf_counter()
-        loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, t.accum_steps,
+        loss, grad_norm, lr = train_step(forward, state.optimizer, images, labels, step, accum_steps,
                                          cfg.optim.clip_norm, t.precision,
-                                         mixup_coefficient(t.seed, step, cfg.data.mixup_alpha))
+                                         mixup_coefficient(t.seed, step, cfg.data.mixup_alpha), mixup_groups)
         watch.add(loss)
         done = step + 1
         logging = done % t.log_every == 0 or done == end

@@ -139,8 +139,9 @@ def label_flag(labels: dict[str, str]) -> str:
 
 
 def check_capacity(c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) -> None:
-    """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources on the
-    nodes that carry cluster.worker_labels (Ray itself would wait forever, e.g. for a GPU that does not exist)."""
+    """Fail within seconds when no placement could ever satisfy cluster.num_workers x worker resources (an elastic
+    run: its min) on the nodes that carry cluster.worker_labels (Ray itself would wait forever, e.g. for a GPU that
+    does not exist)."""
     nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive")]
     if c.worker_labels:
         nodes = [n for n in nodes if carries(n, c.worker_labels)]
@@ -150,7 +151,7 @@ def check_capacity(c: ClusterConfig, nodes: list[dict[str, Any]] | None = None) 
                                "cluster.worker_labels")
     per_worker = worker_resources(c)
     totals = {k: sum(n["Resources"].get(k, 0.0) for n in nodes) for k in per_worker}
-    n = c.num_workers
+    n = c.min_workers
     for key, amount in per_worker.items():
         if totals[key] < n * amount:
             hint = ("set cluster.use_gpu: false, or use a cluster with GPUs" if key == "GPU"
@@ -179,10 +180,11 @@ def held_by_others(need: dict[str, float]) -> str:
 def wait_for_free_resources(c: ClusterConfig, log=print, need: dict[str, float] | None = None,
                             purpose: str = "for the run's workers") -> float:
     """Capacity exists but may be busy (another job): wait up to cluster.resource_wait_s for `need` (default: every
-    worker's resources) to be free, saying once what it waits for, then fail saying what was missing. Returns the
-    seconds of the wait left. Capacity is checked again at every poll: a node that Ray marks dead meanwhile turns
-    the wait into check_capacity's error. The driver's one implementation of waiting for resources."""
-    need = need or {k: v * c.num_workers for k, v in worker_resources(c).items()}
+    worker's resources; an elastic run's fewest) to be free, saying once what it waits for, then fail saying what
+    was missing. Returns the seconds of the wait left. Capacity is checked again at every poll: a node that Ray
+    marks dead meanwhile turns the wait into check_capacity's error. The driver's one implementation of waiting
+    for resources."""
+    need = need or {k: v * c.min_workers for k, v in worker_resources(c).items()}
     deadline = time.monotonic() + c.resource_wait_s
     announced = False
     while True:

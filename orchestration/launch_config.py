@@ -1,7 +1,7 @@
 """Where and how a run is launched and recorded: the `cluster` and `tracking` sections of an experiment file, read
 with the same schema as the run's own config (mupvit.config), and resolved once per process into a `Launch`:
-the run's Config with its derived values set (train.devices = cluster.num_workers) and the storage path made
-absolute."""
+the run's Config with its derived values set (train.devices = cluster.num_workers, or its max and train.min_devices
+its min for an elastic run) and the storage path made absolute."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class ClusterConfig:
     """Where `python -m orchestration.train` runs the loop (Ray Train)."""
 
     address: str | None = None  # Ray cluster address; else $RAY_ADDRESS; else a local Ray on this machine
-    num_workers: int = 1  # data-parallel workers (sets train.devices)
+    # Data-parallel workers (sets train.devices), or [min, max]: an elastic run that starts with as many as the
+    # cluster holds, up to max, goes on with fewer (down to min) when nodes are lost, and grows back when nodes
+    # come (checked every resize_check_s; a resize restarts the workers from the latest checkpoint).
+    num_workers: int | list[int] = 1
+    resize_check_s: float = 60.0
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # used with use_gpu
@@ -46,6 +50,25 @@ class ClusterConfig:
     # Node labels the training workers' nodes must carry (e.g. {"node-type": "gpu"}), so that they stay off the
     # CPU-only input nodes; null: any node with the workers' resources.
     worker_labels: dict[str, str] | None = None
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the run trains with (num_workers when it is one number)."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run trains with: train.devices, which fixes its MixUp pairs."""
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
+
+    @property
+    def elastic(self) -> bool:
+        return not isinstance(self.num_workers, int)
+
+    @property
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """ScalingConfig's num_workers: a number, or Ray Train's elastic (min, max)."""
+        return (self.min_workers, self.max_workers) if self.elastic else self.num_workers
 
 
 @dataclass
@@ -84,8 +107,17 @@ class Launch:
         return {**self.run.to_dict(), **self.sections()}
 
 
-_POSITIVE = ("num_workers", "cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step", "data_cpus")
-_NON_NEGATIVE = ("resource_wait_s", "scale_up_wait_s")
+_POSITIVE = ("cpus_per_worker", "keep_checkpoints", "gpus_per_worker", "fail_at_step", "data_cpus")
+_NON_NEGATIVE = ("resource_wait_s", "scale_up_wait_s", "resize_check_s")
+
+
+def check_worker_range(c: ClusterConfig) -> None:
+    """cluster.num_workers: a positive count, or [min, max]: two positive counts, min below max."""
+    if not c.elastic and c.num_workers <= 0:
+        raise ConfigError(f"cluster.num_workers: got {c.num_workers}, expected a positive number")
+    if c.elastic and (len(c.num_workers) != 2 or not 0 < c.num_workers[0] < c.num_workers[1]):
+        raise ConfigError(f"cluster.num_workers: {c.num_workers}: give one count, or [min, max] with 0 < min < max "
+                          "for an elastic run (e.g. [2, 4])")
 
 
 def check_labels(name: str, labels: dict[str, str] | None) -> None:
@@ -113,12 +145,18 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
         raise ConfigError(f"config: expected a mapping of sections, got {shown(tree)}")
     sections = build(LaunchSections, {k: tree[k] for k in LAUNCHER_SECTIONS if k in tree})
     c = sections.cluster
+    check_worker_range(c)
     check_signs(c, _POSITIVE, _NON_NEGATIVE, prefix="cluster.")
     if c.max_failures < -1:
         raise ConfigError(f"cluster.max_failures: {c.max_failures}: give the worker failures to survive (0 or more), "
                           "or -1 to restart after every one (a spot cluster)")
     for name in ("data_labels", "worker_labels"):
         check_labels(f"cluster.{name}", getattr(c, name))
+    if c.elastic and c.worker_labels and not c.use_gpu:
+        raise ConfigError(f"cluster.num_workers: {c.num_workers} with cluster.worker_labels: an elastic run is "
+                          "sized by every node's CPUs (Ray Train's elastic policy ignores node labels), so it could "
+                          "start more workers than the labelled nodes hold; give one worker count, or a GPU run "
+                          "(cluster.use_gpu)")
     if sections.tracking.run_name is not None:
         check_folder_name("tracking.run_name", sections.tracking.run_name)  # a folder under cluster.storage_path
     if "://" not in c.storage_path:
@@ -127,7 +165,9 @@ def launch_from_dict(data: dict[str, Any], overrides: list[str] = (), base_dir: 
         raise ConfigError("cluster.fail_at_step: needs a local cluster.storage_path (it keeps a one-shot marker)")
     train = tree.get("train")
     if train is None or isinstance(train, dict):  # a bad section is named by the run's own schema
-        tree["train"] = {**(train or {}), "devices": c.num_workers}  # one device per data-parallel worker
+        # One device per data-parallel worker; an elastic run's config is that of its most workers.
+        tree["train"] = {**(train or {}), "devices": c.max_workers,
+                         **({"min_devices": c.min_workers} if c.elastic else {})}
     return Launch(config_from_dict(tree), c, sections.tracking, source)
 
 

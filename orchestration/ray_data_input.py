@@ -197,7 +197,7 @@ def check_input_capacity(cfg: Config, c: ClusterConfig, nodes: list[dict[str, An
                                f"or unset {' and '.join(keys)}")
         return
     cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
-    if cpus - c.num_workers * c.cpus_per_worker < 1:
+    if cpus - c.max_workers * c.cpus_per_worker < 1:  # an elastic run may grow to its max
         raise ClusterError(f"data.pipeline ray_data: the cluster has {cpus:g} CPU, all held by cluster.num_workers="
-                           f"{c.num_workers} x {c.cpus_per_worker:g} CPU, so no input task could run; add a CPU "
+                           f"{c.max_workers} x {c.cpus_per_worker:g} CPU, so no input task could run; add a CPU "
                            "node, lower cluster.cpus_per_worker, or set data.pipeline=local")

@@ -166,7 +166,7 @@ def run_experiment(launch: Launch, base_dir: Path, runtime_env: dict[str, Any] |
             log(f"connecting: {connect(c, runtime_env)}")
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
         # FAILED, and a crash dump of Ray's threads)
-        with scaled_for(lambda: check_capacity(c), [worker_resources(c)] * c.num_workers, c.worker_labels,
+        with scaled_for(lambda: check_capacity(c), [worker_resources(c)] * c.min_workers, c.worker_labels,
                         c.scale_up_wait_s, log):  # an autoscaler's nodes for the workers, asked for and waited for
             check_input_capacity(launch.run, c)
             check_store_shared(uri, node_count())
@@ -235,8 +235,9 @@ def fit(launch: Launch, name: str, run_id: str, uri: str, sweep: dict[str, Any] 
         train_loop, train_loop_config=loop_config,
         # Its rendezvous store on loopback (one node) or the rank-0 node's address, not on every interface.
         torch_config=ClosedRendezvousConfig(backend="nccl" if c.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
-                                     resources_per_worker=worker_resources(c), label_selector=c.worker_labels),
+        scaling_config=ScalingConfig(num_workers=c.ray_num_workers, use_gpu=c.use_gpu,
+                                     resources_per_worker=worker_resources(c), label_selector=c.worker_labels,
+                                     elastic_resize_monitor_interval_s=c.resize_check_s),
         # The bucket's and MLflow's variables reach the controller and workers in the job's runtime env.
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=callbacks,
                              # A worker group that cannot start (its node lost, no other) fails the controller:

@@ -109,9 +109,9 @@ def reference(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
-    its summary). Compared with one worker there, and with a run that loses a host mid-run in
-    tests/test_second_host.py (2 ranks sum their gradients in either order alike, so the cluster's layout changes no
-    bit)."""
+    its summary). Compared with one worker there, with a preempted run (tests/test_preemption.py: 2 ranks sum their
+    gradients in either order alike, so a restart changes no bit), and with an elastic run that goes on with one
+    worker for a while (tests/test_second_host.py)."""
     from .test_orchestration import orchestrate, summary_of, write_config
 
     folder = tmp_path_factory.mktemp("two_workers")

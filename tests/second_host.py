@@ -157,9 +157,9 @@ def start_node(host: HostB, head: Head, hide: list[Path], num_cpus: int, timeout
         time.sleep(0.5)
 
 
-def replace_node(host: HostB, head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> None:
-    """Host B's node dies (every process of host B SIGKILLed, its files gone with its mount namespace) and, once
-    the head has marked it dead, a fresh node starts at the same address: a preempted machine replaced."""
+def lose_node(host: HostB, head: Head, num_cpus: int = 1, timeout_s: float = 120) -> None:
+    """Host B's node dies (every process of host B SIGKILLed, its files gone with its mount namespace); returns once
+    the head has marked it dead."""
     cpus = head.cpus()
     kill_all(host.pids, "host B")
     host.process.wait(timeout=30)
@@ -169,6 +169,11 @@ def replace_node(host: HostB, head: Head, hide: list[Path] = (), num_cpus: int =
         if time.monotonic() > deadline:
             raise RuntimeError(f"the head did not mark host B's node dead within {timeout_s:g} s")
         time.sleep(0.5)
+
+
+def replace_node(host: HostB, head: Head, hide: list[Path] = (), num_cpus: int = 1, timeout_s: float = 120) -> None:
+    """Host B's node dies and a fresh one starts at the same address: a preempted machine replaced."""
+    lose_node(host, head, num_cpus, timeout_s)
     start_node(host, head, hide, num_cpus, timeout_s)
 
 

@@ -215,6 +215,24 @@ def test_batch_must_split_over_devices_and_accumulation(devices, accum):
     _assert_mentions(message, "train.batch_size", "1024", f"= {devices} x {accum}")
 
 
+@pytest.mark.parametrize(("devices", "low", "accum", "wanted"),
+                         [(4, 3, 1, "multiple of 3"), (8, 5, 1, "multiple of 105"), (4, 2, 2, "multiple of 3")])
+def test_an_elastic_device_range_must_split_every_step_evenly(devices, low, accum, wanted):
+    message = _error([f"train.devices={devices}", f"train.min_devices={low}", f"train.accum_steps={accum}"])
+    _assert_mentions(message, "train.min_devices", f"{low} to {devices} devices", wanted)
+    assert "more than" in _error(["train.devices=2", "train.min_devices=3"])
+
+
+@pytest.mark.parametrize(("devices", "low", "accum", "at_low"), [(2, 1, 1, 2), (4, 2, 3, 6), (4, 1, 3, 12)])
+def test_fewer_devices_take_more_micro_batches_of_the_same_size(devices, low, accum, at_low):
+    from mupvit.config import accum_steps_at
+
+    t = load_config(HEADLINE, [f"train.devices={devices}", f"train.min_devices={low}",
+                               f"train.accum_steps={accum}", "train.batch_size=1152"]).train
+    assert accum_steps_at(t, low) == at_low and accum_steps_at(t, devices) == accum
+    assert t.batch_size // (low * at_low) == t.batch_size // (devices * accum)  # the micro-batch stays
+
+
 def test_batch_that_splits_is_accepted():
     cfg = load_config(HEADLINE, ["train.devices=8", "train.accum_steps=2", "optim.warmup_steps=1000"])
     assert cfg.train.batch_size % (cfg.train.devices * cfg.train.accum_steps) == 0

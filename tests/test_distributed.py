@@ -1,4 +1,6 @@
-"""Data parallel in plain torch.distributed (gloo on CPU): 2 ranks x B/2 is the optimisation of 1 rank x B."""
+"""Data parallel in plain torch.distributed (gloo on CPU): 2 ranks x B/2 is the optimisation of 1 rank x B, MixUp
+included: one process of an elastic run of 1 to 2 devices takes both ranks' shares (2 micro-batches, each mixed
+within itself) and computes on the same samples and pairs."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from orchestration.ports import free_port
 from .helpers import QuietLogger, tiny_config
 
 STEPS = 20
-OVERRIDES = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "data.mixup_alpha": 0.0}
+OVERRIDES = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "data.mixup_alpha": 0.2}
 
 
 def losses(logger: QuietLogger) -> list[float]:
@@ -72,10 +74,12 @@ def two_rank_run(digits_root, tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_two_ranks_match_one_rank_with_the_same_global_batch(two_rank_run, digits_root, tmp_path):
+def test_two_ranks_match_one_rank_of_an_elastic_run_with_the_same_global_batch_and_mixup_pairs(
+        two_rank_run, digits_root, tmp_path):
     torch.set_num_threads(1)
     logger = QuietLogger()
-    single = run(tiny_config(digits_root, tmp_path, **OVERRIDES), logger)
+    elastic = tiny_config(digits_root, tmp_path, **OVERRIDES, **{"train.devices": 2, "train.min_devices": 1})
+    single = run(elastic, logger)
     rank0, rank1 = two_rank_run
     assert len(rank0["losses"]) == STEPS
     torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(losses(logger)), rtol=1e-5, atol=1e-5)

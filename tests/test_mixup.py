@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from mupvit.config import ModelConfig, OptimConfig
-from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy
+from mupvit.data.mixup import mix_images, mixup_coefficient, mixup_cross_entropy, rolled_within
 from mupvit.models.vit import ViT
 from mupvit.optim import build_optimizer
 from mupvit.train import train_step
@@ -30,6 +30,16 @@ def test_images_are_mixed_with_the_batch_rolled_by_one():
     mixed = mix_images(images, 0.75)
     # Sample i is 0.75 * x_i + 0.25 * x_{i-1} (sample 0 takes the last one).
     assert mixed[:, 0, 0, 0].tolist() == [0.75 * 0 + 0.25 * 3, 0.75 * 1, 0.75 * 2 + 0.25, 0.75 * 3 + 0.5]
+
+
+def test_a_device_holding_two_devices_shares_mixes_each_share_apart():
+    """An elastic run going on with 1 of 2 devices: its batch is both shares, and its pairs are the 2 devices'."""
+    batch = torch.arange(8.0)
+    shares = torch.cat([share.roll(1, 0) for share in batch.chunk(2)])  # what each of 2 devices rolls
+    assert rolled_within(batch, 2).tolist() == shares.tolist() == [3, 0, 1, 2, 7, 4, 5, 6]
+    assert rolled_within(batch, 1).tolist() == batch.roll(1, 0).tolist()  # one device: the whole batch
+    images = batch.view(8, 1, 1, 1).expand(8, 3, 2, 2)
+    assert mix_images(images, 0.75, 2)[:, 0, 0, 0].tolist() == (0.75 * batch + 0.25 * shares).tolist()
 
 
 def test_coefficient_is_folded_beta_and_deterministic():

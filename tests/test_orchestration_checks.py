@@ -146,6 +146,35 @@ def test_resolution_sets_devices_and_absolute_storage(tmp_path):
         demo("cluster.fail_at_step=3", "cluster.storage_path=s3://b/p")
 
 
+def test_an_elastic_worker_range_sets_the_devices_of_its_most_workers_and_asks_for_its_fewest():
+    launch = demo("cluster.num_workers=[1, 2]", "cluster.cpus_per_worker=1", "cluster.resize_check_s=5")
+    assert (launch.run.train.devices, launch.run.train.min_devices) == (2, 1)  # MixUp pairs of 2 devices
+    assert launch.cluster.ray_num_workers == (1, 2) and demo().cluster.ray_num_workers == 1
+    check_capacity(launch.cluster, [node(1)])  # one worker's node is enough to start
+    with pytest.raises(ClusterError, match=r"has 0.5 CPU in all, but cluster.num_workers=1 x 1 CPU"):
+        check_capacity(launch.cluster, [node(0.5)])
+    with pytest.raises(ClusterError, match="all held by cluster.num_workers=2 x 1 CPU"):  # it may grow to 2
+        check_input_capacity(demo("data.pipeline=ray_data", "cluster.num_workers=[1, 2]").run, launch.cluster,
+                             [node(2)])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["cluster.num_workers=[2, 1]"], r"cluster.num_workers: \[2, 1\]: give one count, or \[min, max\] with 0 < min"),
+    (["cluster.num_workers=[0, 2]"], r"cluster.num_workers: \[0, 2\]: give one count"),
+    (["cluster.num_workers=[1, 2, 4]"], r"cluster.num_workers: \[1, 2, 4\]: give one count"),
+    (["cluster.num_workers=[1.5, 2]"], "cluster.num_workers: got .*, expected"),
+    (["cluster.num_workers=[3, 4]"], r"train.min_devices: an elastic run of 3 to 4 devices \(cluster.num_workers: "
+     r"\[3, 4\]\) cannot split the 4 micro-batches of a step .* over 3 device\(s\); set train.accum_steps to a "
+     "multiple of 3"),
+    (["cluster.num_workers=[1, 2]", 'cluster.worker_labels={"node-type": "gpu"}'],
+     "an elastic run is sized by every node's CPUs"),
+    (["cluster.num_workers=[1, 2]", "cluster.resize_check_s=-1"], "cluster.resize_check_s: got -1"),
+])
+def test_a_bad_elastic_worker_range_is_refused_naming_the_fix(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        demo(*sets)
+
+
 def test_bad_cluster_values_fail_in_config_validation():
     with pytest.raises(ConfigError, match="cluster.num_workers: got 0"):
         demo("cluster.num_workers=0")

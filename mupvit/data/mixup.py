@@ -1,6 +1,7 @@
 """MixUp as big_vision does it: one coefficient per batch, a ~ Beta(alpha, alpha), a = max(a, 1 - a), images
-and labels mixed with the batch rolled by one. The coefficient is a function of (seed, step), so a resumed
-run draws the same ones."""
+and labels mixed with the batch rolled by one (big_vision rolls each device's batch). The coefficient is a function
+of (seed, step), so a resumed run draws the same ones. A device holding several devices' shares (an elastic run
+going on with fewer) rolls each share apart, so the pairs are those of the full device count."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ def mixup_coefficient(seed: int, step: int, alpha: float) -> float | None:
     return max(a, 1.0 - a)
 
 
-def mix_images(images: torch.Tensor, a: float) -> torch.Tensor:
-    return a * images + (1.0 - a) * images.roll(1, dims=0)
+def rolled_within(batch: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """`batch` with each of its `groups` equal consecutive parts rolled by one along the batch dimension."""
+    return batch.unflatten(0, (groups, -1)).roll(1, dims=1).flatten(0, 1)
+
+
+def mix_images(images: torch.Tensor, a: float, groups: int = 1) -> torch.Tensor:
+    return a * images + (1.0 - a) * rolled_within(images, groups)
 
 
 def mixup_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, rolled: torch.Tensor, a: float) -> torch.Tensor:
