@@ -163,6 +163,14 @@ def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> Any | No
     return runs[0] if runs else None
 
 
+def finished_run_id(uri: str, experiment: str, run_key: str) -> str | None:
+    """The id of the MLflow run of `run_key` in `experiment` when it is FINISHED; else None (none yet, or not done)."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    run = find_run(client, found.experiment_id, run_key) if found else None
+    return run.info.run_id if run is not None and run.info.status == "FINISHED" else None
+
+
 def open_run(client: MlflowClient, launch: Launch, run_key: str, repo: Path,
              parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
     """The MLflow run of `run_key`: found by its tag (a resubmission) or created with params and tags. The params

@@ -60,7 +60,14 @@ from orchestration.run_storage import (
 )
 from orchestration.runtime_env import add_runtime_env_argument, parse_runtime_env
 from orchestration.signals import interrupt_on_sigterm
-from orchestration.tracking import TrackingError, check_store_shared, check_writable_store, open_run, tracking_uri
+from orchestration.tracking import (
+    TrackingError,
+    check_store_shared,
+    check_writable_store,
+    finished_run_id,
+    open_run,
+    tracking_uri,
+)
 from orchestration.worker import train_loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,6 +169,10 @@ def run_experiment(launch: Launch, base_dir: Path, runtime_env: dict[str, Any] |
     if bucket:
         log(f"connecting: {connect(c, runtime_env)}")
     with run_lock(c, name):
+        if (finished := finished_run_id(uri, launch.tracking.experiment, name)) is not None:  # before any cluster
+            # work: a finished run is done whatever the cluster or its data look like now
+            log(f"run {name} already finished (MLflow run {finished}); nothing to do")
+            return {"run_name": name, "mlflow_run_id": finished, "already_finished": True, "tracking_uri": uri}
         if not bucket:
             log(f"connecting: {connect(c, runtime_env)}")
         interrupt_on_sigterm()  # after ray.init, whose own handler exits at once (SystemExit mid-fit: the run left
@@ -177,10 +188,7 @@ def run_experiment(launch: Launch, base_dir: Path, runtime_env: dict[str, Any] |
 def record(launch: Launch, name: str, uri: str) -> dict[str, Any]:
     """The MLflow run of `name` (found again on resubmission) around TorchTrainer.fit(); returns the summary."""
     client = MlflowClient(uri)
-    run_id, before = open_run(client, launch, name, REPO)
-    if before == "FINISHED":
-        log(f"run {name} already finished (MLflow run {run_id}); nothing to do")
-        return {"run_name": name, "mlflow_run_id": run_id, "already_finished": True, "tracking_uri": uri}
+    run_id, before = open_run(client, launch, name, REPO)  # not FINISHED: run_experiment checked, under the lock
     log(f"run {name}: MLflow run {run_id} ({'new' if before == 'NEW' else 'resumed, was ' + before}) in {uri}")
     if before != "NEW" and FAILURE_TAG in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, FAILURE_TAG)  # why an earlier attempt failed no longer holds for this one

@@ -148,9 +148,10 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
     a, b = final_model(summary), final_model(ref)
     for key, tensor in a.items():
         assert torch.equal(tensor, b[key]), key
-    # The same command once more: already finished, nothing reruns.
+    # The same command once more: already finished, nothing reruns, nor connects to Ray or probes the data.
     again = orchestrate(tmp_path, config, ray_env, *sets)
     assert summary_of(again)["already_finished"] and len(runs_in(tmp_path)) == 1
+    assert "connecting" not in again.stderr and "already finished" in again.stderr, again.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- bad input: fast, clear, nothing left behind

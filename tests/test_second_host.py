@@ -161,9 +161,9 @@ def test_an_elastic_two_host_run_goes_on_with_one_worker_when_host_b_dies_and_gr
     _, reference = two_worker_run
     (tmp_path / "submit").mkdir()
     # Resize checks every 2 s; a worker group that cannot start (Ray Train's elastic policy learns of a lost node
-    # up to 20 s late and first asks for 2 workers) fails in 30 s, then it asks for 1.
+    # up to 20 s late and first asks for 2 workers) fails in 10 s, then it asks for 1.
     config = bucket_config(tmp_path / "config", digits_root, **{
-        "cluster.num_workers": [1, 2], "cluster.resize_check_s": 2, "cluster.resource_wait_s": 30})
+        "cluster.num_workers": [1, 2], "cluster.resize_check_s": 2, "cluster.resource_wait_s": 10})
     env_file = tmp_path / "config" / "job_env.yaml"
     assert train_job_main([str(env_file)]) == 0  # the submitter: the fixture set the variables in this process
     assert env_file.stat().st_mode & 0o777 == 0o600  # it holds the bucket's credentials and the MLflow login

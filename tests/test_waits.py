@@ -59,7 +59,7 @@ def test_a_busy_cluster_is_waited_for_at_most_resource_wait_s_saying_for_what(ra
 
 
 def test_a_second_driver_of_a_run_is_refused_before_it_waits(digits_root, tmp_path, monkeypatch, capsys):
-    """The second of two identical drivers waited (for the CPUs the first held), then said "already finished"."""
+    """A second driver of a run is refused at once, naming the first, before it connects to Ray or waits."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     config = write_config(tmp_path, digits_root, **{"tracking.run_name": "twin"})
