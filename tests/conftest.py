@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,7 +26,7 @@ SHARED_HEAD_CPUS = 2
 # `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Tests that share an expensive module-
 # or session-scoped fixture run in one worker, so it is built once and not once per worker.
 SHARED_FIXTURE_GROUPS = {
-    "reference": "orchestrated-runs", "two_worker_run": "orchestrated-runs", "cluster": "orchestrated-runs",
+    "two_worker_run": "orchestrated-runs", "cluster": "orchestrated-runs",
     "store": "report-store", "two_rank_run": "ddp-run", "trained": "trained-run", "rows": "coord-check-rows",
     "tracking_server": "mlflow-server",
 }
@@ -93,17 +94,30 @@ def ray_env(ray_head: Head) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def reference(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One uninterrupted 1-worker run of tests/test_orchestration.py's tiny config on the shared head, with the local
-    loader: (its folder, its summary). The runs that stop, fail, resume, or read through Ray Data end on its
-    parameters (tests/test_orchestration.py, tests/test_second_host.py)."""
-    from .test_orchestration import orchestrate, summary_of, write_config
+def reference(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """tests/test_orchestration.py's tiny run, uninterrupted, on one worker: `mupvit.train.run` in this process with
+    one thread, as a Ray Train worker of 1 CPU runs it; the orchestrated run is the same computation bit for bit, so
+    the orchestrated runs that stop, fail, resume or read through Ray Data end on its parameters (`model`). Also its
+    train losses by step (`losses`)."""
+    import torch
+
+    from mupvit.config import load_config
+    from mupvit.train import run
+
+    from .helpers import QuietLogger
+    from .test_orchestration import write_config
 
     folder = tmp_path_factory.mktemp("reference")
-    ray_head.wait_idle()
-    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
-                                     "tracking.run_name=ref"))
-    return folder, summary
+    cfg = load_config(write_config(folder, digits_root), [f"train.out_dir={folder / 'run'}"])
+    threads, logger = torch.get_num_threads(), QuietLogger()
+    torch.set_num_threads(1)
+    try:
+        summary = run(cfg, logger)
+    finally:
+        torch.set_num_threads(threads)
+    losses = {step: values["train/loss"] for kind, (step, values) in logger.events
+              if kind == "metrics" and "train/loss" in values}
+    return SimpleNamespace(model=torch.load(summary["checkpoint"], weights_only=True)["model"], losses=losses)
 
 
 @pytest.fixture(scope="session")

@@ -265,7 +265,6 @@ def test_ray_data_input_on_the_cpu_node_reads_the_bucket_survives_losing_that_no
     bucket. A worker failure at step 6 resumes from step 4's checkpoint with a dataset that starts there; host B
     dies with that failure and a fresh one takes its place, where the resumed input runs (the resumed worker waits
     for it). The run ends on the parameters of the uninterrupted local run, bit for bit."""
-    _, ref = reference
     config = bucket_config(tmp_path / "config", digits_root, **{
         "data.pipeline": "ray_data", "cluster.num_workers": 1, "cluster.storage_path": "ray_results",
         "cluster.worker_labels": TRAINING_NODE, "cluster.data_labels": INPUT_NODE, "cluster.fail_at_step": 6})
@@ -281,7 +280,7 @@ def test_ray_data_input_on_the_cpu_node_reads_the_bucket_survives_losing_that_no
     assert first.returncode == 0, out[-4000:] + err[-3000:]
     assert "Dataset" not in err and "SplitCoordinator" not in err, err[-3000:]  # no Ray Data chatter (run_env)
     summary = json.loads(out.strip().splitlines()[-1])
-    final, expected = final_model(summary), final_model(ref)
+    final, expected = final_model(summary), reference.model
     for key, tensor in final.items():
         assert torch.equal(tensor, expected[key]), key
     # Every input task ran on host B: on the first node, and on the fresh one after it.
