@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -26,7 +25,7 @@ SHARED_HEAD_CPUS = 2
 # `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Tests that share an expensive module-
 # or session-scoped fixture run in one worker, so it is built once and not once per worker.
 SHARED_FIXTURE_GROUPS = {
-    "two_worker_run": "orchestrated-runs", "cluster": "orchestrated-runs",
+    "cluster": "second-host",
     "store": "report-store", "two_rank_run": "ddp-run", "trained": "trained-run", "rows": "coord-check-rows",
     "tracking_server": "mlflow-server",
 }
@@ -94,11 +93,10 @@ def ray_env(ray_head: Head) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def reference(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def reference(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """tests/test_orchestration.py's tiny run, uninterrupted, on one worker: `mupvit.train.run` in this process with
-    one thread, as a Ray Train worker of 1 CPU runs it; the orchestrated run is the same computation bit for bit, so
-    the orchestrated runs that stop, fail, resume or read through Ray Data end on its parameters (`model`). Also its
-    train losses by step (`losses`)."""
+    one thread, as a Ray Train worker of 1 CPU runs it; its final parameters. The orchestrated runs that stop, fail,
+    resume or read through Ray Data end on them bit for bit."""
     import torch
 
     from mupvit.config import load_config
@@ -109,27 +107,31 @@ def reference(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Si
 
     folder = tmp_path_factory.mktemp("reference")
     cfg = load_config(write_config(folder, digits_root), [f"train.out_dir={folder / 'run'}"])
-    threads, logger = torch.get_num_threads(), QuietLogger()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = run(cfg, logger)
+        summary = run(cfg, QuietLogger())
     finally:
         torch.set_num_threads(threads)
-    losses = {step: values["train/loss"] for kind, (step, values) in logger.events
-              if kind == "metrics" and "train/loss" in values}
-    return SimpleNamespace(model=torch.load(summary["checkpoint"], weights_only=True)["model"], losses=losses)
+    return torch.load(summary["checkpoint"], weights_only=True)["model"]
 
 
 @pytest.fixture(scope="session")
-def two_worker_run(ray_head: Head, digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One uninterrupted 2-worker run of tests/test_orchestration.py's tiny config on the shared head: (its folder,
-    its summary). Compared with one worker there, with a preempted run (tests/test_preemption.py: 2 ranks sum their
-    gradients in either order alike, so a restart changes no bit), and with an elastic run that goes on with one
-    worker for a while (tests/test_second_host.py)."""
-    from .test_orchestration import orchestrate, summary_of, write_config
+def two_worker_run(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """tests/test_orchestration.py's tiny run, uninterrupted, on two workers: two `mupvit.train` processes of one
+    thread in a gloo group, as two Ray Train workers of 1 CPU run it; its final parameters. A preempted 2-worker run
+    ends on them bit for bit (tests/test_preemption.py: 2 ranks sum their gradients in either order alike, so a
+    restart or Ray Train changes no bit), an elastic run that goes on with one worker for a while within float error
+    (tests/test_second_host.py)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from orchestration.ports import free_port
+
+    from .helpers import two_rank_worker
+    from .test_orchestration import write_config
 
     folder = tmp_path_factory.mktemp("two_workers")
-    ray_head.wait_idle()
-    summary = summary_of(orchestrate(folder, write_config(folder, digits_root), ray_head.env(),
-                                     "cluster.num_workers=2", "tracking.run_name=two"))
-    return folder, summary
+    mp.spawn(two_rank_worker, args=(free_port(), str(write_config(folder, digits_root)), str(folder)), nprocs=2,
+             join=True)
+    return torch.load(folder / "final.pt", weights_only=True)

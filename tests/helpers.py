@@ -38,6 +38,26 @@ class QuietLogger(RunLogger):
         self.events.append(("checkpoint", (step, path)))
 
 
+def two_rank_worker(rank: int, port: int, config: str, out: str) -> None:
+    """One of two spawned `mupvit.train` ranks (gloo, one thread) of the experiment file `config`; rank 0 saves
+    the final parameters as OUT/final.pt."""
+    import torch
+    import torch.distributed as dist
+
+    from mupvit.config import load_config
+    from mupvit.train import run
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        summary = run(load_config(Path(config), ["train.devices=2", f"train.out_dir={Path(out) / 'run'}"]),
+                      QuietLogger())
+        if rank == 0:
+            torch.save(torch.load(summary["checkpoint"], weights_only=True)["model"], Path(out) / "final.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def tiny_experiment(digits_root: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A seconds-long run on the digits demo as an experiment file's mapping: 16x16 input, one block, 8 steps of
     batch 32; `overrides` (dotted keys) may set the launcher's sections too. Validated as orchestration reads it."""
