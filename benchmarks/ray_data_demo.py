@@ -7,7 +7,11 @@ run's final numbers and wall time, and whether every final number and every para
 bit-identical (exit 1 if not).
 
     python benchmarks/ray_data_demo.py            # the whole demo: ~5 + ~8 min on 2 cores
-    python benchmarks/ray_data_demo.py --tiny     # 8 steps of it, both on the cluster of RAY_ADDRESS: the suite's
+    python benchmarks/ray_data_demo.py --tiny     # 8 steps of it: the suite's smoke run (below)
+
+--tiny runs the ray_data half on the cluster of RAY_ADDRESS, one worker of 1 CPU, and the local half as the bare
+trainer in this process with one thread: what a Ray Train worker of 1 CPU computes, bit for bit (tests/conftest.py's
+reference run relies on the same), without a second orchestrated run's start-up.
 
 Ray refuses extra nodes in its single-machine mode, so this head listens beyond loopback, with token auth on
 (orchestration/loopback.py).
@@ -28,10 +32,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dashboards.ui import serve
+from mupvit.config import load_config
 from mupvit.data.digits import build_digits
+from mupvit.logger import ConsoleLogger
+from mupvit.train import run
 from orchestration.local_head import start_head, stop_head
 from orchestration.local_node import start_node, stop_node
 from orchestration.ports import free_port, free_port_block
+from orchestration.tracking import final_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "experiments" / "demo_digits.yaml"
@@ -50,7 +58,22 @@ def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {folder.name} run failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "run_wall_s": time.perf_counter() - start}
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**summary, "model_file": str(Path(summary["checkpoint"]) / "checkpoint.pt"),
+            "run_wall_s": time.perf_counter() - start}
+
+
+def train_here(folder: Path, sets: list[str]) -> dict:
+    """The demo through `mupvit.train.run` in this process with one thread (a Ray Train worker of 1 CPU); its
+    summary in orchestration.train's form (the final/... metrics and the checkpoint's folder)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        summary = run(load_config(DEMO, [*sets, f"train.out_dir={folder}"]), ConsoleLogger())
+    finally:
+        torch.set_num_threads(threads)
+    return {**final_metrics(summary), "model_file": summary["checkpoint"], "run_wall_s": time.perf_counter() - start}
 
 
 def on_two_nodes(folder: Path, sets: list[str]) -> dict:
@@ -74,21 +97,26 @@ def on_two_nodes(folder: Path, sets: list[str]) -> dict:
 
 
 def final_model(summary: dict) -> dict[str, torch.Tensor]:
-    return torch.load(Path(summary["checkpoint"]) / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(summary["model_file"], weights_only=True)["model"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true",
-                        help="8 steps of the demo, both runs on the cluster of RAY_ADDRESS, no second node (the test "
-                             "suite's smoke run: the 2-node cluster alone takes a minute or two to start there)")
+                        help="8 steps of the demo: ray_data on the cluster of RAY_ADDRESS (no second node: the "
+                             "2-node cluster alone takes a minute or two to start in the suite), local as the bare "
+                             "trainer in this process (the test suite's smoke run)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ray-data-demo-") as tmp:
         root = build_digits(Path(tmp) / "digits")
         sets = [f"data.root={root}", *(TINY if args.tiny else [])]
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        print(f"local: the demo on {env.get('RAY_ADDRESS', 'a local Ray')}", file=sys.stderr, flush=True)
-        local = train(Path(tmp) / "local", env, [*sets, "tracking.run_name=local"])
+        if args.tiny:
+            print("local: the demo in this process (one thread)", file=sys.stderr, flush=True)
+            local = train_here(Path(tmp) / "local", sets)
+        else:
+            print(f"local: the demo on {env.get('RAY_ADDRESS', 'a local Ray')}", file=sys.stderr, flush=True)
+            local = train(Path(tmp) / "local", env, [*sets, "tracking.run_name=local"])
         ray_data = (train(Path(tmp) / "ray_data", env, [*sets, "data.pipeline=ray_data", "tracking.run_name=ray_data"])
                     if args.tiny else on_two_nodes(Path(tmp) / "ray_data", sets))
         a, b = final_model(local), final_model(ray_data)

@@ -194,6 +194,15 @@ def open_run(client: MlflowClient, launch: Launch, run_key: str, repo: Path,
     return run.info.run_id, "NEW"
 
 
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The `final/...` metrics of a finished mupvit.train summary: its wall time, images/s and every evaluator's
+    last numbers (`final/<evaluator>/<metric>`), as a run logs them at its end."""
+    finals = {"final/wall_s": summary["wall_s"], "final/images_per_s": summary["images_per_s"]}
+    for split, values in summary.get("eval", {}).items():
+        finals.update({f"final/{split}/{k}": v for k, v in values.items()})
+    return finals
+
+
 class MlflowLogger(RunLogger):
     """Rank 0's logger: every metric keyed by optimiser step, results and final numbers, config and console log
     as artifacts. Talks to the run by id (no global active run), so it works in any Ray worker process."""
@@ -230,10 +239,7 @@ class MlflowLogger(RunLogger):
         self.flush()
 
     def end(self, summary: dict[str, Any]) -> None:
-        finals = {"final/wall_s": summary["wall_s"], "final/images_per_s": summary["images_per_s"]}
-        for split, values in summary.get("eval", {}).items():
-            finals.update({f"final/{split}/{k}": v for k, v in values.items()})
-        self.metrics(summary["steps"], finals)
+        self.metrics(summary["steps"], final_metrics(summary))
         self.flush()
         if summary.get("checkpoint"):
             self.log_weights(Path(summary["checkpoint"]))
