@@ -54,6 +54,9 @@ def two_rank_worker(rank: int, port: int, config: str, out: str) -> None:
                       QuietLogger())
         if rank == 0:
             torch.save(torch.load(summary["checkpoint"], weights_only=True)["model"], Path(out) / "final.pt")
+        # Neither rank tears the group down while the other still uses it: rank 1 destroying its group while rank 0
+        # was still saving aborted once ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -36,6 +36,7 @@ def rank_of(rank: int, world: int, port: int, digits_root: str, out: str) -> Ite
     try:
         torch.set_num_threads(1)
         yield tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
+        dist.barrier()  # neither rank tears the group down while the other still uses it (tests/helpers.py)
     finally:
         dist.destroy_process_group()
 
