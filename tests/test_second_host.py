@@ -163,9 +163,11 @@ def test_an_elastic_two_host_run_goes_on_with_one_worker_when_host_b_dies_and_gr
     (tmp_path / "submit").mkdir()
     # Resize checks every 2 s. Ray Train's elastic policy learns of a lost node up to 20 s late and first asks for
     # 2 workers: that worker group fails after cluster.resource_wait_s, then the next asks for 1; restarts are not
-    # counted (-1, as on a spot cluster), however many such tries a loaded machine takes.
+    # counted (-1, as on a spot cluster), however many such tries a loaded machine takes. The wait bounds only the
+    # placement of a group (Ray Train's RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S), which the resources of a live node
+    # meet at once: 10 s loses no group that could start, and each try for the lost node's worker costs 10 s.
     config = bucket_config(tmp_path / "config", digits_root, **{
-        "cluster.num_workers": [1, 2], "cluster.resize_check_s": 2, "cluster.resource_wait_s": 30,
+        "cluster.num_workers": [1, 2], "cluster.resize_check_s": 2, "cluster.resource_wait_s": 10,
         "cluster.max_failures": -1})
     env_file = tmp_path / "config" / "job_env.yaml"
     assert train_job_main([str(env_file)]) == 0  # the submitter: the fixture set the variables in this process
