@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +52,7 @@ from mupvit.models.weights import load_weights
 from mupvit.optim import BigVisionAdam, build_optimizer, clip_by_global_norm, describe_param_groups, model_param_groups
 from mupvit.outputs import FolderLock, check_output_file, check_writable
 from mupvit.results import add_summary_argument, emit_summary, result_name
+from mupvit.stop_signals import stop_gracefully
 
 
 class TrainingDiverged(RuntimeError):
@@ -518,13 +520,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.summary_json:
             check_output_file(Path(args.summary_json).expanduser().resolve(), "--summary-json")
-        summary = run(cfg)
+        # Ctrl-C or SIGTERM (`kill`, a scheduler's preemption): the step under way ends, its checkpoint is saved.
+        with stop_gracefully(lambda: True) as received:
+            summary = run(cfg, stop_requested=lambda: bool(received))
     except (ConfigError, DataError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except StopRequested as stop:
+        print(f"stopped ({signal.Signals(received[0]).name}) after step {stop.step}, checkpoint {stop.checkpoint}; "
+              "run the same command to resume from it", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second signal, or one before the loop could stop in order
+        print("interrupted: run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     emit_summary({k: v for k, v in summary.items() if k != "eval"}, args.summary_json)
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from orchestration.signals import stop_gracefully
+from mupvit.stop_signals import stop_gracefully
 
 # Tune's own lines about the stop: they tell the user to call Tuner.restore(); the sweep says it in its own words.
 TUNE_STOP_LINES = ("Stop signal received", "Experiment has been interrupted")

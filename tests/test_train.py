@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -196,3 +201,35 @@ def test_demo_reaches_97_percent(tmp_path):
     assert code == 0
     summary = json.loads(summary_path.read_text())
     assert summary["val"]["acc1"] >= 0.97, summary
+
+
+def test_a_sigterm_to_the_cli_saves_the_step_it_reached_and_the_same_command_resumes_there(digits_root, tmp_path,
+                                                                                            reference):
+    """`python -m mupvit.train` (no Ray) under `kill` or a scheduler's preemption: the step under way ends, its
+    checkpoint is saved, one line and exit 130; the same command resumes there and ends on the uninterrupted run's
+    parameters (tests/conftest.py's reference: this config in one thread), bit for bit. Ctrl-C takes the same path
+    (mupvit/stop_signals.py, whose SIGINT tests/test_sweep.py's Ctrl-C test sends)."""
+    from .test_orchestration import write_config
+
+    config = write_config(tmp_path, digits_root)
+    command = [sys.executable, "-m", "mupvit.train", str(config), "--set", f"train.out_dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread, as the reference
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as first:
+        for line in first.stderr:
+            if line.startswith("[step 3/"):  # training, between two checkpoints (every 4 steps)
+                os.kill(first.pid, signal.SIGSTOP)  # it stops where it is: the step it reached is known
+                break
+        first.send_signal(signal.SIGTERM)
+        os.kill(first.pid, signal.SIGCONT)
+        err = first.stderr.read()
+    assert first.returncode == 130, err[-3000:]
+    (said,) = [line for line in err.splitlines() if line.startswith("stopped")]
+    step = int(re.search(r"after step (\d+),", said)[1])
+    assert said.startswith("stopped (SIGTERM)") and "run the same command to resume" in said, said
+    assert 3 <= step <= 4 and f"checkpoint {tmp_path / 'run'}/ckpt_" in said, said
+    assert "Traceback" not in err, err[-3000:]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"start_step={step}," in again.stderr, again.stderr[-3000:]
+    final = torch.load(json.loads(again.stdout.strip().splitlines()[-1])["checkpoint"], weights_only=True)["model"]
+    for key, tensor in final.items():
+        assert torch.equal(tensor, reference[key]), key
