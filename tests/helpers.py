@@ -7,10 +7,12 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,16 +171,43 @@ def listening_sockets(pid: int) -> dict[str, tuple[IPv4Address | IPv6Address, in
     return listening
 
 
-def freeze(head: Head, name: str) -> None:
+def freeze(head: Head, name: str, sqlite_store: Path | None = None) -> None:
     """SIGSTOP the head's processes named `name` (`ray::ImplicitFunc` for Tune trials, `ray::RayTrainWorker` for
     Ray Train's workers): work signalled mid-run then cannot finish before the driver's stop reaches it, however
-    loaded the machine; the stop kills them (Ray's kill is a SIGKILL once a frozen process does not answer)."""
-    for pid in head.processes():
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(name.encode()):
-                os.kill(pid, signal.SIGSTOP)
-        except OSError:  # it ended meanwhile
-            continue
+    loaded the machine; the stop kills them (Ray's kill is a SIGKILL once a frozen process does not answer).
+    With `sqlite_store` (the MLflow store they log to), at a moment none of them holds its write lock: one frozen
+    mid-write would hold it for good, and the driver's stop could not mark its runs KILLED ("database is locked")."""
+    while True:
+        frozen = []
+        for pid in head.processes():
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(name.encode()):
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen.append(pid)
+            except OSError:  # it ended meanwhile
+                continue
+        if sqlite_store is None or not sqlite_write_locked(sqlite_store):
+            return
+        for pid in frozen:  # let the writer finish, and try again
+            with suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+
+
+def sqlite_write_locked(path: Path) -> bool:
+    """Whether another connection holds the SQLite database's write lock now (asked without waiting; no file, no
+    lock: connecting would create one)."""
+    if not path.exists():
+        return False
+    connection = sqlite3.connect(path, timeout=0)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+        return False
+    except sqlite3.OperationalError:  # "database is locked"
+        return True
+    finally:
+        connection.close()
 
 
 @contextmanager

@@ -104,7 +104,8 @@ def test_a_run_stopped_killed_and_failing_on_the_way_resumes_and_loses_nothing(r
                     assert driver.poll() is None, f"the driver ended before {sig.name}"
                     assert time.monotonic() < deadline, "no checkpoint within 240 s"
                     time.sleep(0.05)
-                freeze(ray_head, "ray::RayTrainWorker")  # the run cannot reach step 18, nor its end, before the stop
+                # The run cannot reach step 18, nor its end, before the stop (frozen outside its MLflow writes).
+                freeze(ray_head, "ray::RayTrainWorker", tmp_path / "mlflow.db")
                 if sig == signal.SIGTERM:  # mid-training: every process of the run listens on loopback only
                     assert_run_on_loopback(ray_head, driver.pid)
                 if sig == signal.SIGKILL:  # the driver dies with no cleanup

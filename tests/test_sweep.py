@@ -223,7 +223,7 @@ def test_ctrl_c_then_a_killed_driver_and_the_same_command_resumes_the_sweep(ray_
                     assert driver.poll() is None, f"the sweep ended before {sig.name}"
                     assert time.monotonic() < deadline, f"no trial to stop within 240 s ({sig.name})"
                     time.sleep(0.05)
-                freeze(ray_head, "ray::ImplicitFunc")
+                freeze(ray_head, "ray::ImplicitFunc", tmp_path / "mlflow.db")
                 os.killpg(driver.pid, sig)  # Ctrl-C reaches the terminal's whole process group
                 driver.wait(timeout=120)
             out.seek(0)
