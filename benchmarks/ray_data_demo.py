@@ -64,8 +64,8 @@ def train(folder: Path, env: dict[str, str], sets: list[str]) -> dict:
 
 
 def train_here(folder: Path, sets: list[str]) -> dict:
-    """The demo through `mupvit.train.run` in this process with one thread (a Ray Train worker of 1 CPU); its
-    summary in orchestration.train's form (the final/... metrics and the checkpoint's folder)."""
+    """The demo through `mupvit.train.run` in this process with one thread (a Ray Train worker of 1 CPU): its
+    final/... metrics, as orchestration.train's summary has them, its checkpoint file and wall time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.perf_counter()
