@@ -1,6 +1,7 @@
-"""orchestration.signals: a driver stopped by SIGTERM (`kill`, `ray job stop`) takes Ctrl-C's path, so one signal
-per end-to-end stop test covers both: SIGTERM for orchestration.train (tests/test_orchestration.py), Ctrl-C for
-orchestration.sweep (tests/test_sweep.py)."""
+"""orchestration.signals and mupvit.stop_signals: a driver stopped by SIGTERM (`kill`, `ray job stop`) takes
+Ctrl-C's path, so one signal per end-to-end stop test covers both: SIGTERM for orchestration.train
+(tests/test_orchestration.py) and mupvit.train (tests/test_train.py), Ctrl-C for orchestration.sweep
+(tests/test_sweep.py)."""
 
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_without_it_sigterm_ends_the_process_with_no_cleanup():  # the test abov
 
 GRACEFUL = """
 import os, signal
-from orchestration.signals import stop_gracefully
+from mupvit.stop_signals import stop_gracefully
 asked = []
 with stop_gracefully(lambda: asked.append(1) or True) as received:
     os.kill(os.getpid(), signal.{sig})  # the first: asks for the stop, recorded
@@ -46,9 +47,10 @@ with stop_gracefully(lambda: asked.append(1) or True) as received:
 """
 
 
-def test_a_sweeps_graceful_stop_is_the_same_for_ctrl_c_and_sigterm():
-    """orchestration.sweep's stop (the sweep test stops one with Ctrl-C): the first SIGINT or SIGTERM asks for the
-    stop and is recorded; a second one raises KeyboardInterrupt."""
+def test_a_graceful_stop_is_the_same_for_ctrl_c_and_sigterm():
+    """orchestration.sweep's and mupvit.train's stop (the sweep test stops one with Ctrl-C, tests/test_train.py the
+    trainer with SIGTERM): the first SIGINT or SIGTERM asks for the stop and is recorded; a second one raises
+    KeyboardInterrupt."""
     for sig in ("SIGINT", "SIGTERM"):
         done = subprocess.run([sys.executable, "-c", GRACEFUL.format(sig=sig)], capture_output=True, text=True,
                               timeout=60)

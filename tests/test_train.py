@@ -208,7 +208,7 @@ def test_a_sigterm_to_the_cli_saves_the_step_it_reached_and_the_same_command_res
     """`python -m mupvit.train` (no Ray) under `kill` or a scheduler's preemption: the step under way ends, its
     checkpoint is saved, one line and exit 130; the same command resumes there and ends on the uninterrupted run's
     parameters (tests/conftest.py's reference: this config in one thread), bit for bit. Ctrl-C takes the same path
-    (mupvit/stop_signals.py, whose SIGINT tests/test_sweep.py's Ctrl-C test sends)."""
+    (mupvit/stop_signals.py; tests/test_signals.py sends it both)."""
     from .test_orchestration import write_config
 
     config = write_config(tmp_path, digits_root)
