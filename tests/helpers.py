@@ -175,8 +175,10 @@ def freeze(head: Head, name: str, sqlite_store: Path | None = None) -> None:
     """SIGSTOP the head's processes named `name` (`ray::ImplicitFunc` for Tune trials, `ray::RayTrainWorker` for
     Ray Train's workers): work signalled mid-run then cannot finish before the driver's stop reaches it, however
     loaded the machine; the stop kills them (Ray's kill is a SIGKILL once a frozen process does not answer).
-    With `sqlite_store` (the MLflow store they log to), at a moment none of them holds its write lock: one frozen
-    mid-write would hold it for good, and the driver's stop could not mark its runs KILLED ("database is locked")."""
+    With `sqlite_store` (the MLflow store they log to), at a moment none of them holds a lock on it: one frozen
+    mid-write (or mid-read) would hold it for good, and the driver's stop could not mark its runs KILLED ("database
+    is locked")."""
+    deadline = time.monotonic() + 60
     while True:
         frozen = []
         for pid in head.processes():
@@ -186,22 +188,23 @@ def freeze(head: Head, name: str, sqlite_store: Path | None = None) -> None:
                     frozen.append(pid)
             except OSError:  # it ended meanwhile
                 continue
-        if sqlite_store is None or not sqlite_write_locked(sqlite_store):
+        if sqlite_store is None or not sqlite_locked(sqlite_store):
             return
         for pid in frozen:  # let the writer finish, and try again
             with suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"{sqlite_store} stayed locked for 60 s"
         time.sleep(0.01)
 
 
-def sqlite_write_locked(path: Path) -> bool:
-    """Whether another connection holds the SQLite database's write lock now (asked without waiting; no file, no
-    lock: connecting would create one)."""
+def sqlite_locked(path: Path) -> bool:
+    """Whether another connection holds a lock on the SQLite database now that would keep a writer from committing
+    (a reader's too: asked with BEGIN EXCLUSIVE, without waiting; no file, no lock: connecting would create one)."""
     if not path.exists():
         return False
     connection = sqlite3.connect(path, timeout=0)
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN EXCLUSIVE")
         connection.rollback()
         return False
     except sqlite3.OperationalError:  # "database is locked"
