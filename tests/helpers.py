@@ -40,27 +40,36 @@ class QuietLogger(RunLogger):
         self.events.append(("checkpoint", (step, path)))
 
 
-def two_rank_worker(rank: int, port: int, config: str, out: str) -> None:
-    """One of two spawned `mupvit.train` ranks (gloo, one thread) of the experiment file `config`; rank 0 saves
-    the final parameters as OUT/final.pt."""
+@contextmanager
+def gloo_rank(rank: int, world: int, port: int) -> Iterator[None]:
+    """This spawned process as rank `rank` of a gloo group of `world` on 127.0.0.1:`port`, with one torch thread."""
     import torch
     import torch.distributed as dist
 
-    from mupvit.config import load_config
-    from mupvit.train import run
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        summary = run(load_config(Path(config), ["train.devices=2", f"train.out_dir={Path(out) / 'run'}"]),
-                      QuietLogger())
-        if rank == 0:
-            torch.save(torch.load(summary["checkpoint"], weights_only=True)["model"], Path(out) / "final.pt")
-        # Neither rank tears the group down while the other still uses it: rank 1 destroying its group while rank 0
+        yield
+        # Neither rank tears the group down while another still uses it: rank 1 destroying its group while rank 0
         # was still saving aborted once ("terminate called without an active exception", SIGABRT).
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def two_rank_worker(rank: int, port: int, config: str, out: str) -> None:
+    """One of two spawned `mupvit.train` ranks (gloo, one thread) of the experiment file `config`; rank 0 saves
+    the final parameters as OUT/final.pt."""
+    import torch
+
+    from mupvit.config import load_config
+    from mupvit.train import run
+
+    with gloo_rank(rank, 2, port):
+        summary = run(load_config(Path(config), ["train.devices=2", f"train.out_dir={Path(out) / 'run'}"]),
+                      QuietLogger())
+        if rank == 0:
+            torch.save(torch.load(summary["checkpoint"], weights_only=True)["model"], Path(out) / "final.pt")
 
 
 def tiny_experiment(digits_root: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mupvit.checkpoint import load_checkpoint
@@ -19,7 +18,7 @@ from mupvit.config import Config
 from mupvit.train import StopRequested, run
 from orchestration.ports import free_port
 
-from .helpers import QuietLogger, tiny_config
+from .helpers import QuietLogger, gloo_rank, tiny_config
 
 STEPS = 20
 OVERRIDES = {"train.total_steps": STEPS, "train.log_every": 1, "train.eval_every": 10, "data.mixup_alpha": 0.2}
@@ -32,13 +31,8 @@ def losses(logger: QuietLogger) -> list[float]:
 @contextmanager
 def rank_of(rank: int, world: int, port: int, digits_root: str, out: str) -> Iterator[Config]:
     """A spawned rank's gloo process group (one thread) and the run's config, world ranks of B/world each."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
+    with gloo_rank(rank, world, port):
         yield tiny_config(Path(digits_root), Path(out) / "ckpt", **OVERRIDES, **{"train.devices": world})
-        dist.barrier()  # neither rank tears the group down while the other still uses it (tests/helpers.py)
-    finally:
-        dist.destroy_process_group()
 
 
 def worker(rank: int, world: int, port: int, digits_root: str, out: str) -> None:
